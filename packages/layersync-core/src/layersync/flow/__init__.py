@@ -1,0 +1,34 @@
+"""Stochastic-interpolant objective (Linear/GVP/VP; velocity/noise/score) and samplers."""
+
+from .samplers import CountingFn, guided, ode_nfe, sample_ode, sample_sde, sde_nfe
+from .transport import (
+    PATHS,
+    PREDICTIONS,
+    GVPPath,
+    LinearPath,
+    Transport,
+    TransportLoss,
+    VPPath,
+    expand_t_like_x,
+    make_path,
+    mean_flat,
+)
+
+__all__ = [
+    "PATHS",
+    "PREDICTIONS",
+    "CountingFn",
+    "GVPPath",
+    "LinearPath",
+    "Transport",
+    "TransportLoss",
+    "VPPath",
+    "expand_t_like_x",
+    "guided",
+    "make_path",
+    "mean_flat",
+    "ode_nfe",
+    "sample_ode",
+    "sample_sde",
+    "sde_nfe",
+]

@@ -1,0 +1,158 @@
+"""The modality contract: what a plugin gives the core.
+
+A plugin is an instance of a ``Modality`` subclass exposed through the entry-point group
+``layersync.modalities``::
+
+    [project.entry-points."layersync.modalities"]
+    image = "layersync_image.plugin:plugin"
+
+The engine only ever talks to a plugin through this class. ``cfg`` below is the resolved run
+config: the core sections (``run``, ``train``, ``layersync``, ...) plus the plugin's own sections
+declared by ``config_model`` (conventionally ``data``, ``model``, ``sampler``, ``metric``).
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, ClassVar, Protocol
+
+import torch
+from pydantic import BaseModel
+from torch import nn
+from torch.utils.data import Dataset, default_collate
+
+from layersync.taps import TokenView
+
+API_VERSION = 1
+"""Bumped when the contract changes incompatibly; plugins declare the version they target."""
+
+
+@dataclass
+class ObjectiveOutput:
+    """What a diffusion/flow objective reports for one batch.
+
+    Attributes:
+        loss: per-sample diffusion loss ``(B,)`` (the engine takes the mean).
+        t: per-sample time ``(B,)`` in the objective's own convention (for time gating), or None.
+        token_mask: ``(B, T)`` valid-token mask for the tapped features (padding and
+            condition tokens excluded), or None when every token counts.
+    """
+
+    loss: torch.Tensor
+    t: torch.Tensor | None = None
+    token_mask: torch.Tensor | None = None
+
+
+class Objective(Protocol):
+    """Computes the diffusion loss of a batch with ONE forward of ``model``.
+
+    The LayerSync taps fill during that forward, so the objective must call the model exactly
+    once per batch (a classifier-free-guidance dropout is fine: it happens inside the call).
+    """
+
+    def __call__(
+        self, model: nn.Module, batch: Any, generator: torch.Generator | None = None
+    ) -> ObjectiveOutput: ...
+
+
+@dataclass(frozen=True)
+class LayerSyncDefaults:
+    """The default pair(s) and λ a plugin recommends for a model configuration."""
+
+    pairs: str
+    weight: float
+
+
+class Modality(ABC):
+    """Base class of every modality plugin (image, audio, motion, video, third-party)."""
+
+    name: ClassVar[str]
+    api_version: ClassVar[int] = API_VERSION
+    description: ClassVar[str] = ""
+    config_model: ClassVar[type[BaseModel]]
+    """Pydantic model whose fields are the plugin's config sections (extra="forbid")."""
+    presets: ClassVar[Mapping[str, Mapping[str, Any]]]
+    """Named nested overrides (core and plugin sections). Must contain ``"demo"``."""
+    default_preset: ClassVar[str] = "demo"
+
+    # -- data and model ---------------------------------------------------------------------
+    @abstractmethod
+    def build_dataset(self, cfg: Any, split: str) -> Dataset:
+        """The dataset for ``split`` ("train" or "eval")."""
+
+    def collate(self, items: Sequence[Any]) -> Any:
+        """Batch dataset items (default: torch's default_collate)."""
+        return default_collate(items)
+
+    @abstractmethod
+    def build_model(self, cfg: Any) -> nn.Module:
+        """The backbone, randomly initialised (the engine moves it to the device)."""
+
+    @abstractmethod
+    def block_names(self, cfg: Any, model: nn.Module) -> list[str]:
+        """Ordered dotted names of the tappable blocks: the depth axis pairs index (1-based)."""
+
+    def token_view(self, cfg: Any) -> TokenView | None:
+        """Maps a block output to ``(B, T, D)``; None when blocks already output that."""
+        return None
+
+    @abstractmethod
+    def default_layersync(self, cfg: Any) -> LayerSyncDefaults:
+        """Recommended pair(s) and λ for this model configuration."""
+
+    # -- training objective -----------------------------------------------------------------
+    @abstractmethod
+    def build_objective(self, cfg: Any) -> Objective:
+        """The per-sample diffusion loss (see ``Objective``)."""
+
+    # -- sampling, outputs, metrics ---------------------------------------------------------
+    def conditions(self, cfg: Any, n: int, generator: torch.Generator) -> Any:
+        """``n`` conditions for sampling (class labels, texts...); None if unconditional."""
+        return None
+
+    @abstractmethod
+    def sample(
+        self, model: nn.Module, cfg: Any, n: int, condition: Any, generator: torch.Generator
+    ) -> Any:
+        """Generate ``n`` samples with ``model`` (in eval mode) for ``condition``."""
+
+    @abstractmethod
+    def write_samples(self, samples: Any, out_dir: Path, cfg: Any, prefix: str = "") -> list[Path]:
+        """Decode and write samples (PNG / WAV / GIF...) into ``out_dir``; return the paths."""
+
+    def evaluate(
+        self, model: nn.Module, cfg: Any, out_dir: Path, generator: torch.Generator
+    ) -> dict[str, float]:
+        """Sample and compute the modality's metric(s). Default: no metric."""
+        return {}
+
+    def load_weights(self, model: nn.Module, path: Path) -> None:
+        """Load external weights (``layersync sample --weights``); default: a safetensors file."""
+        from safetensors.torch import load_file
+
+        model.load_state_dict(load_file(str(path)))
+
+    def commands(self) -> Any:
+        """Optional modality-specific commands: a ``typer.Typer`` run as ``layersync <name> ...``."""
+        return None
+
+
+def missing_members(obj: object) -> list[str]:
+    """Names the contract requires that ``obj`` lacks (empty when it conforms)."""
+    missing = []
+    if not isinstance(obj, Modality):
+        return ["(not an instance of layersync.plugin.Modality)"]
+    for attr in ("name", "config_model", "presets"):
+        if not hasattr(obj, attr):
+            missing.append(attr)
+    if hasattr(obj, "presets") and obj.default_preset not in obj.presets:
+        missing.append(f"presets[{obj.default_preset!r}]")
+    if hasattr(obj, "config_model") and not (
+        isinstance(obj.config_model, type) and issubclass(obj.config_model, BaseModel)
+    ):
+        missing.append("config_model (a pydantic BaseModel subclass)")
+    missing.extend(sorted(getattr(type(obj), "__abstractmethods__", ())))
+    return missing

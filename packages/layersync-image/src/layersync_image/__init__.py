@@ -1,0 +1,1 @@
+"""LayerSync image plugin: SiT-2D backbone, image datasets, VAE latents and FID."""

