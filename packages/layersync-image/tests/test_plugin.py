@@ -72,6 +72,7 @@ def test_default_pairs_follow_the_paper_and_the_heuristic() -> None:
     # custom depths keep XL's ratio 8/28 <- 16/28
     assert default_pair("custom", 28).pairs == "8<-16"
     assert default_pair("custom", 6).pairs == "2<-4"
+    assert default_pair("custom", 2).pairs == "1<-2"  # the only pair a 2-block model has
 
 
 def test_config_errors_name_key_and_value() -> None:
@@ -215,7 +216,7 @@ def test_sample_from_an_official_checkpoint_file(tmp_path: Path) -> None:
         str(pt),
         "--modality",
         "image",
-        "--n",
+        "-n",
         "4",
         "--out",
         str(out),
@@ -234,6 +235,7 @@ def test_sample_from_an_official_checkpoint_file(tmp_path: Path) -> None:
     assert res.returncode == 0, res.stderr
     samples = np.load(out / "samples.npy")  # 4-channel latents: written raw, not as images
     assert samples.shape == (4, 4, 8, 8) and np.isfinite(samples).all()
+    assert not (out / "parts").exists()
     # a checkpoint of another shape is refused in one line naming the file
     bad = [c.replace("model.depth=3", "model.depth=2") for c in cmd]
     res = subprocess.run(bad, env=_env(tmp_path), capture_output=True, text=True, timeout=300)
@@ -280,4 +282,86 @@ def test_short_training_run_writes_samples_and_fid(tmp_path: Path) -> None:
     lines = [json.loads(x) for x in (run_dir / "metrics.jsonl").read_text().splitlines()]
     train_lines = [x for x in lines if x["kind"] == "train"]
     assert [x["step"] for x in train_lines] == [2, 4]
-    assert all("cos/2<-4" in x for x in train_lines)
+    pair = plugin.default_layersync(cfg).pairs  # depth 4 -> 1<-3
+    assert pair == "1<-3" and all(f"cos/{pair}" in x for x in train_lines)
+
+
+def test_sample_command_is_parallel_resumable_and_world_size_independent(tmp_path: Path) -> None:
+    """`layersync sample` under torchrun (2 gloo ranks) equals a 1-process run, and a rerun after
+    an interruption keeps the finished parts."""
+    cfg = resolve(
+        f"run.out_dir={tmp_path}",
+        "train.steps=2",
+        "train.batch_size=8",
+        "log.progress=false",
+        "model.depth=2",
+        "model.hidden_size=32",
+        "sampler.steps=2",
+        "metric.fid=off",
+    )
+    run_dir = Trainer.create(cfg, plugin).fit()
+    env = _env(tmp_path)
+    base = [
+        sys.executable,
+        "-m",
+        "layersync",
+        "sample",
+        str(run_dir),
+        "--num-samples",
+        "10",
+        "--batch-size",
+        "3",
+    ]
+    one = subprocess.run(
+        [*base, "--out", str(tmp_path / "one")],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert one.returncode == 0, one.stderr
+    torchrun = Path(sys.executable).with_name("torchrun")
+    two = subprocess.run(
+        [
+            str(torchrun),
+            "--standalone",
+            "--nproc_per_node",
+            "2",
+            "-m",
+            "layersync",
+            *base[3:],
+            "--out",
+            str(tmp_path / "two"),
+        ],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert two.returncode == 0, two.stderr
+    with (
+        np.load(tmp_path / "one" / "samples.npz") as a,
+        np.load(tmp_path / "two" / "samples.npz") as b,
+    ):
+        assert a["arr_0"].shape == (10, 8, 8, 1)
+        np.testing.assert_array_equal(a["arr_0"], b["arr_0"])
+    assert len(list((tmp_path / "two" / "images").glob("*.png"))) == 10
+    # resumable: a finished part is not regenerated (mark one with a sentinel file)
+    part = tmp_path / "three" / "parts" / "000001"
+    part.mkdir(parents=True)
+    np.savez(part / "samples.npz", arr_0=np.full((3, 8, 8, 1), 7, np.uint8))
+    res = subprocess.run(
+        [*base, "--out", str(tmp_path / "three")],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert res.returncode == 0, res.stderr
+    with (
+        np.load(tmp_path / "three" / "samples.npz") as c,
+        np.load(tmp_path / "one" / "samples.npz") as a,
+    ):
+        assert (c["arr_0"][3:6] == 7).all()  # the existing part was kept
+        np.testing.assert_array_equal(c["arr_0"][:3], a["arr_0"][:3])
+        np.testing.assert_array_equal(c["arr_0"][6:], a["arr_0"][6:])

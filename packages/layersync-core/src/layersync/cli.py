@@ -27,7 +27,7 @@ app = typer.Typer(
 )
 config_app = typer.Typer(help="Show or validate run configs.", no_args_is_help=True)
 app.add_typer(config_app, name="config")
-console = Console()
+console = Console(soft_wrap=True)
 err = Console(stderr=True)
 
 ModalityOpt = Annotated[str, typer.Option("--modality", "-m", help="installed modality plugin")]
@@ -282,9 +282,10 @@ OptModality = Annotated[str | None, typer.Option("--modality", "-m")]
 @app.command()
 def sample(
     target: TargetArg = None,
-    n: Annotated[int, typer.Option("--n", help="number of samples")] = 16,
+    n: Annotated[int, typer.Option("--num-samples", "-n", help="number of samples")] = 16,
     out: Annotated[Path | None, typer.Option(help="output directory")] = None,
     seed: int = 0,
+    batch_size: Annotated[int, typer.Option(help="samples per batch (and per part)")] = 64,
     raw: Annotated[bool, typer.Option("--raw", help="use raw weights, not EMA")] = False,
     weights: WeightsOpt = None,
     modality: OptModality = None,
@@ -292,30 +293,36 @@ def sample(
     preset: PresetOpt = None,
     overrides: Overrides = None,
 ) -> None:
-    """Generate samples (EMA weights of a run, or external --weights)."""
-    import torch
+    """Generate samples (EMA weights of a run, or external --weights).
 
-    from layersync.train.distributed import resolve_device
+    Under torchrun the batches are shared across processes; an interrupted job resumes where it
+    stopped (finished batches are kept in OUT/parts/).
+    """
+    from layersync.sampling import sample_to_dir
+    from layersync.train import distributed as dist
 
     plugin, cfg, model, root = _load_model(
         target, weights, modality, config, preset, overrides, raw
     )
-    device = resolve_device(cfg.train.device)
-    model.to(device)
-    gen = torch.Generator(device).manual_seed(seed)
+    info = dist.init_distributed(cfg.train.device)
+    model.to(info.device)
     out = out or root.with_name(f"{root.name}-seed{seed}")
-    out.mkdir(parents=True, exist_ok=True)
-    with torch.no_grad():
-        cond = plugin.conditions(cfg, n, gen)
-        samples = plugin.sample(model, cfg, n, cond, gen)
-    paths = plugin.write_samples(samples, out, cfg)
-    console.print(f"wrote {len(paths)} file(s) to {out}")
+    try:
+        paths = sample_to_dir(
+            plugin, model, cfg, n, out, seed=seed, batch_size=batch_size, info=info
+        )
+    finally:
+        dist.shutdown()
+    if info.is_main:
+        console.print(f"wrote {len(paths)} file(s) to {out}")
 
 
 @app.command("eval")
 def evaluate(
     target: TargetArg = None,
-    seed: int = 0,
+    seed: Annotated[
+        int | None, typer.Option(help="default: the seed training evaluates with")
+    ] = None,
     weights: WeightsOpt = None,
     modality: OptModality = None,
     config: ConfigOpt = None,
@@ -328,8 +335,11 @@ def evaluate(
     import torch
 
     from layersync.train.distributed import resolve_device
+    from layersync.train.loop import EVAL_SEED_OFFSET
 
     plugin, cfg, model, root = _load_model(target, weights, modality, config, preset, overrides)
+    if seed is None:  # reproduce the run's eval/<step>/metrics.json rather than redraw it
+        seed = cfg.run.seed + EVAL_SEED_OFFSET
     device = resolve_device(cfg.train.device)
     model.to(device)
     out_dir = root.parent.parent / "eval" / root.name if target else Path("eval") / root.name
@@ -345,6 +355,353 @@ def evaluate(
     for key, value in metrics.items():
         table.add_row(key, f"{value:.4f}")
     console.print(table)
+
+
+# --------------------------------------------------------------------------------------------
+# bench: cost of LayerSync (step time, memory, FLOPs), samplers, convergence
+# --------------------------------------------------------------------------------------------
+
+bench_app = typer.Typer(
+    help="Measure LayerSync on your hardware: step cost, sampler speed, convergence.",
+    no_args_is_help=True,
+)
+app.add_typer(bench_app, name="bench")
+JsonOpt = Annotated[Path | None, typer.Option("--json", help="also write the results as JSON")]
+
+
+def _write_json(path: Path | None, data: object) -> None:
+    import json
+
+    if path is not None:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(json.dumps(data, indent=2) + "\n")
+        err.print(f"wrote {path}")
+
+
+def _csv(text: str, kind: type) -> list:
+    try:
+        return [kind(v) for v in text.split(",") if v.strip()]
+    except ValueError:
+        fail(f"{text!r}: expected a comma-separated list of {kind.__name__} values")
+        raise
+
+
+@bench_app.command("step")
+def bench_step_command(
+    modality: Annotated[str | None, typer.Option("--modality", "-m")] = None,
+    config: ConfigOpt = None,
+    preset: PresetOpt = None,
+    steps: Annotated[int, typer.Option(help="timed steps per arm")] = 20,
+    warmup: Annotated[int, typer.Option(help="untimed steps per arm first")] = 3,
+    json_out: JsonOpt = None,
+    overrides: Overrides = None,
+) -> None:
+    """Vanilla vs LayerSync training steps, interleaved: time, memory, FLOPs, MFU."""
+    from layersync.bench import bench_step
+
+    plugin, cfg = resolve_config(modality, config, preset, overrides)
+    try:
+        result = bench_step(cfg, plugin, steps=steps, warmup=warmup, log=err.print)
+    except (ValueError, RuntimeError) as e:
+        fail(str(e))
+    van, ls = result["arms"]["vanilla"], result["arms"]["layersync"]
+    table = Table(
+        title=f"bench step: {result['modality']} / {result['preset']} on {result['device']} "
+        f"({result['precision']}, batch {result['batch_size']}, {steps} steps per arm)"
+    )
+    for column in ("", "vanilla", f"layersync {','.join(result['pairs'])}", "ratio"):
+        table.add_column(column, justify="right")
+    mb = 2**20
+    table.add_row(
+        "median step (ms)",
+        f"{1e3 * van['median_step_s']:.1f}",
+        f"{1e3 * ls['median_step_s']:.1f}",
+        f"{result['step_time_ratio']:.3f}",
+    )
+    table.add_row(
+        "memory (MB)",
+        f"{van['memory_bytes'] / mb:.1f}",
+        f"{ls['memory_bytes'] / mb:.1f}",
+        f"{result['memory_ratio']:.3f}",
+    )
+    table.add_row(
+        "  step peak (MB)",
+        f"{van['step_peak_bytes'] / mb:.1f}",
+        f"{ls['step_peak_bytes'] / mb:.1f}",
+        f"{result['step_peak_ratio']:.3f}",
+    )
+    table.add_row(
+        "FLOPs / step (G)",
+        f"{van['flops_per_step'] / 1e9:.3f}",
+        f"{ls['flops_per_step'] / 1e9:.3f}",
+    )
+    table.add_row(
+        "achieved GFLOP/s",
+        f"{van['achieved_flops_per_s'] / 1e9:.2f}",
+        f"{ls['achieved_flops_per_s'] / 1e9:.2f}",
+    )
+    table.add_row("MFU", f"{100 * van['mfu']:.2f}%", f"{100 * ls['mfu']:.2f}%")
+    console.print(table)
+    peak = result["device_matmul"]
+    console.print(
+        f"device matmul ({peak['n']}x{peak['n']} {peak['dtype']}): "
+        f"{peak['flops_per_s'] / 1e9:.1f} GFLOP/s measured; memory: {result['memory_method']}"
+    )
+    _write_json(json_out, result)
+
+
+@bench_app.command("sample")
+def bench_sample_command(
+    run: Annotated[Path | None, typer.Option(help="run/checkpoint directory (EMA weights)")] = None,
+    modality: Annotated[str | None, typer.Option("--modality", "-m")] = None,
+    config: ConfigOpt = None,
+    preset: PresetOpt = None,
+    n: Annotated[int, typer.Option("--n", help="samples per configuration")] = 64,
+    samplers: Annotated[
+        str, typer.Option(help="mode:method list, or 'config' for the configured sampler only")
+    ] = "ode:euler,ode:heun,sde:euler,sde:heun",
+    steps: Annotated[str, typer.Option(help="comma-separated step counts (default: config)")] = "",
+    cfg_scale: Annotated[
+        str, typer.Option(help="comma-separated CFG scales (default: config)")
+    ] = "",
+    repeats: Annotated[int, typer.Option(help="timed repeats (median)")] = 1,
+    seed: int = 0,
+    json_out: JsonOpt = None,
+    overrides: Overrides = None,
+) -> None:
+    """Samples/s and function evaluations of each sampler (random weights without --run)."""
+    import torch
+
+    from layersync.bench import bench_sample, sampler_variants
+
+    if run is not None:
+        plugin, cfg, model, _ = _load_model(run, None, None, None, None, overrides)
+    else:
+        plugin, cfg = resolve_config(modality, config, preset, overrides)
+        torch.manual_seed(cfg.run.seed)  # type: ignore[attr-defined]
+        model = plugin.build_model(cfg)  # the cost does not depend on the weights
+    pairs = []
+    for item in samplers.split(",") if samplers.strip() != "config" else []:
+        mode, _, method = item.strip().partition(":")
+        if not method:
+            fail(f"--samplers {item!r}: expected mode:method (e.g. ode:heun) or 'config'")
+        pairs.append((mode, method))
+    variants = sampler_variants(pairs, _csv(steps, int), _csv(cfg_scale, float))
+    try:
+        result = bench_sample(
+            plugin, cfg, model, n=n, variants=variants, repeats=repeats, seed=seed, log=err.print
+        )
+    except (ValueError, RuntimeError) as e:
+        fail(str(e))
+    table = Table(title=f"bench sample: {result['modality']} on {result['device']} (n={n})")
+    for column in ("sampler", "samples/s", "seconds", "NFE", "expected NFE", "call batch"):
+        table.add_column(column, justify="right")
+    for r in result["results"]:
+        table.add_row(
+            r["sampler"],
+            f"{r['samples_per_s']:.2f}",
+            f"{r['seconds']:.2f}",
+            f"{r['nfe']:g}",
+            "-" if r["expected_nfe"] is None else str(r["expected_nfe"]),
+            ",".join(map(str, r["call_batch_sizes"])),
+        )
+    console.print(table)
+    _write_json(json_out, result)
+
+
+@bench_app.command("convergence")
+def bench_convergence_command(
+    modality: Annotated[str | None, typer.Option("--modality", "-m")] = None,
+    config: ConfigOpt = None,
+    preset: PresetOpt = None,
+    steps: Annotated[
+        int | None, typer.Option(help="training steps per arm (default: config)")
+    ] = None,
+    eval_every: Annotated[
+        int | None, typer.Option(help="steps between evaluations (default: log.eval_every)")
+    ] = None,
+    seeds: Annotated[str, typer.Option(help="comma-separated seeds")] = "0",
+    out: Annotated[Path | None, typer.Option(help="output directory of the arms' runs")] = None,
+    metric: Annotated[str | None, typer.Option(help="eval metric (default: the first)")] = None,
+    higher_is_better: Annotated[
+        bool, typer.Option("--higher-is-better", help="the metric grows when better")
+    ] = False,
+    overrides: Overrides = None,
+) -> None:
+    """Vanilla vs LayerSync runs (resumable), the plugin metric vs steps, speed-up and gain."""
+    from layersync.convergence import run_convergence
+    from layersync.train.loop import NonFiniteLossError
+
+    plugin, cfg = resolve_config(modality, config, preset, overrides)
+    out = out or Path(cfg.run.out_dir) / f"convergence-{cfg.modality}-{cfg.preset}"  # type: ignore[attr-defined]
+    try:
+        result = run_convergence(
+            plugin,
+            cfg,
+            out,
+            seeds=_csv(seeds, int),
+            steps=steps,
+            eval_every=eval_every,
+            metric=metric,
+            lower_is_better=not higher_is_better,
+            log=err.print,
+        )
+    except (ValueError, NonFiniteLossError, FileNotFoundError) as e:
+        fail(str(e))
+    s = result["summary"]
+    table = Table(title=f"bench convergence: {result['metric']} ({out})")
+    for column in ("step", "vanilla", "layersync"):
+        table.add_column(column, justify="right")
+    ls_mean = dict(result["mean"]["layersync"])
+    for step, value in result["mean"]["vanilla"]:
+        table.add_row(str(step), f"{value:.4f}", f"{ls_mean.get(step, float('nan')):.4f}")
+    console.print(table)
+    need = s["layersync_steps_to_vanilla_final"]
+    better = "lower" if result["lower_is_better"] else "higher"
+    console.print(
+        f"seeds {result['seeds']}: vanilla final {s['vanilla_final']:.4f}, LayerSync final "
+        f"{s['layersync_final']:.4f} ({better} is better): relative gain "
+        f"{100 * s['relative_final_gain']:+.1f}%"
+    )
+    if need is None:
+        console.print(
+            f"LayerSync did not reach the vanilla final value within {s['final_step']} steps"
+        )
+    else:
+        console.print(
+            f"LayerSync reaches the vanilla final value at step {need:.0f} of {s['final_step']} "
+            f"(speed-up x{s['speedup']:.2f}, interpolated between evaluations)"
+        )
+    png = ", convergence.png" if "plot" in result else ""
+    console.print(f"wrote {out / 'convergence.json'}, convergence.csv{png}")
+
+
+# --------------------------------------------------------------------------------------------
+# probe: representations per block (linear probe, linear CKA), pair suggestion
+# --------------------------------------------------------------------------------------------
+
+
+@app.command()
+def probe(
+    run: Annotated[Path, typer.Option(help="run or checkpoint directory (EMA weights)")],
+    compare: Annotated[
+        Path | None, typer.Option(help="a second run, analysed on the same samples")
+    ] = None,
+    t: Annotated[
+        float, typer.Option("--t", help="time of the forward (objective's convention)")
+    ] = 0.5,
+    samples: Annotated[int | None, typer.Option(help="probe set size (default: all)")] = None,
+    split: Annotated[str, typer.Option(help="labelled dataset split: eval or train")] = "eval",
+    folds: Annotated[int, typer.Option(help="cross-validation folds of the probe")] = 5,
+    seed: int = 0,
+    suggest_pairs: Annotated[
+        bool, typer.Option("--suggest-pairs", help="propose student<-teacher with reasoning")
+    ] = False,
+    out: Annotated[Path | None, typer.Option(help="output directory (default: RUN/probe)")] = None,
+    overrides: Overrides = None,
+) -> None:
+    """Per-block linear-probe accuracy and linear CKA of a run (vs --compare); JSON + PNG."""
+    import json
+
+    from layersync import probe as probing
+    from layersync.train.distributed import resolve_device
+
+    if split not in ("eval", "train"):
+        fail(f"--split {split!r}: use eval or train")
+    results: dict[str, dict] = {}
+    features = []
+    for target in (run, compare):
+        if target is None:
+            continue
+        plugin, cfg, model, root = _load_model(target, None, None, None, None, overrides)
+        model.to(resolve_device(cfg.train.device))
+        try:
+            feats = probing.collect_features(
+                plugin,
+                cfg,
+                model,
+                plugin.build_dataset(cfg, split),
+                t=t,
+                samples=samples,
+                seed=seed,
+            )
+            result = probing.analyse(feats, folds=folds, seed=seed)
+        except (NotImplementedError, ValueError) as e:
+            fail(str(e))
+        ls = cfg.layersync
+        pairs = (ls.pairs or plugin.default_layersync(cfg).pairs) if ls.enabled else None
+        label = root.parent.parent.name
+        while label in results:
+            label += "'"
+        result.update(
+            run=str(target), checkpoint=root.name, modality=plugin.name, layersync_pairs=pairs
+        )
+        results[label] = result
+        features.append(feats.features)
+    run_dir = _load_root(run)
+    out = out or run_dir / "probe"
+    out.mkdir(parents=True, exist_ok=True)
+    report: dict = {
+        "t": t,
+        "split": split,
+        "folds": folds,
+        "seed": seed,
+        "cka_kind": probing.CKA_KIND,
+        "probe": "multinomial logistic regression (torch L-BFGS, 100 iterations, L2 1e-3) on "
+        "standardised mean-pooled block outputs; k-fold cross-validated accuracy",
+        "runs": results,
+    }
+    labels = list(results)
+    if len(features) == 2:
+        report["cross_cka"] = probing.cka_matrix(features[0], features[1])
+    first = results[labels[0]]
+    if suggest_pairs:
+        try:
+            s = probing.suggest_pair(first["cka"], first["accuracy"])
+        except ValueError as e:
+            fail(str(e))
+        report["suggestion"] = {"pair": s.pair, "reasoning": s.reasoning}
+    table = Table(title=f"layersync probe: t = {t}, {first['samples']} {split} samples")
+    table.add_column("block", justify="right")
+    for label in labels:
+        table.add_column(f"probe acc {label}", justify="right")
+        table.add_column(f"CKA(block, last) {label}", justify="right")
+    for b in range(len(first["blocks"])):
+        row = [str(b + 1)]
+        for label in labels:
+            r = results[label]
+            row += [
+                f"{r['accuracy'][b]:.3f} ± {r['accuracy_std'][b]:.3f}",
+                f"{r['cka'][b][-1]:.3f}",
+            ]
+        table.add_row(*row)
+    table.add_row(
+        "mean", *[v for lbl in labels for v in (f"{_mean(results[lbl]['accuracy']):.3f}", "")]
+    )
+    console.print(table)
+    (out / "probe.json").write_text(json.dumps(report, indent=2) + "\n")
+    console.print(f"wrote {out / 'probe.json'}")
+    try:
+        from layersync.plots import plot_probe
+
+        console.print(f"wrote {plot_probe(results, out / 'probe.png')}")
+    except ImportError as e:
+        err.print(f"[yellow]no PNG:[/yellow] {e}")
+    if suggest_pairs:
+        console.print(f"suggested pair: [bold]{report['suggestion']['pair']}[/bold]")
+        for line in report["suggestion"]["reasoning"]:
+            console.print(f"  - {line}")
+
+
+def _mean(values: list[float]) -> float:
+    return sum(values) / max(1, len(values))
+
+
+def _load_root(target: Path) -> Path:
+    """The run directory of a run or checkpoint directory."""
+    from layersync.train.checkpoint import resolve_checkpoint
+
+    return resolve_checkpoint(target).parent.parent
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -123,11 +123,35 @@ class Modality(ABC):
     def write_samples(self, samples: Any, out_dir: Path, cfg: Any, prefix: str = "") -> list[Path]:
         """Decode and write samples (PNG / WAV / GIF...) into ``out_dir``; return the paths."""
 
+    def merge_samples(self, parts: list[Path], out_dir: Path, cfg: Any) -> list[Path]:
+        """Combine the per-batch outputs of ``write_samples`` (in order) into ``out_dir``.
+
+        Default: leave the parts as they are and return their files."""
+        return sorted(p for part in parts for p in part.rglob("*") if p.is_file())
+
     def evaluate(
         self, model: nn.Module, cfg: Any, out_dir: Path, generator: torch.Generator
     ) -> dict[str, float]:
         """Sample and compute the modality's metric(s). Default: no metric."""
         return {}
+
+    def probe_forward(
+        self,
+        model: nn.Module,
+        cfg: Any,
+        batch: Any,
+        t: float,
+        generator: torch.Generator | None = None,
+    ) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """Optional, for ``layersync probe``: ONE forward of ``model`` on ``batch`` noised to the
+        fixed time ``t`` (the objective's convention), with the null condition where the model
+        has one (so the tapped blocks see only the data, not the label). Returns the batch's
+        integer class labels ``(B,)`` and the ``(B, T)`` valid-token mask of the tapped features
+        (None when every token counts). Default: not supported."""
+        raise NotImplementedError(
+            f"modality {self.name!r} does not support `layersync probe` "
+            "(its plugin does not implement Modality.probe_forward)"
+        )
 
     def load_weights(self, model: nn.Module, path: Path) -> None:
         """Load external weights (``layersync sample --weights``); default: a safetensors file."""

@@ -14,7 +14,7 @@ app = typer.Typer(
     add_completion=False,
     pretty_exceptions_enable=False,
 )
-console = Console()
+console = Console(soft_wrap=True)
 err = Console(stderr=True)
 
 
@@ -45,7 +45,10 @@ def encode(
         device = "cuda" if torch.cuda.is_available() else "cpu"
     try:
         if source.is_dir():
-            dataset = ImageFolderDataset(source, image_size, hflip=False, on_error=on_error)
+            # skip: find unreadable files up front so the cache holds each image once
+            dataset = ImageFolderDataset(
+                source, image_size, hflip=False, on_error=on_error, verify=on_error == "skip"
+            )
         else:
             dataset = ArrayDataset(source, image_size=image_size)
         with console.status(f"encoding {len(dataset)} images") as status:

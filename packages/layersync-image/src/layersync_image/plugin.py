@@ -128,7 +128,7 @@ def _imagenet_preset(arch: str, pairs: str, weight: float) -> dict[str, Any]:
 PRESETS: dict[str, dict[str, Any]] = {
     # A 1.6M-parameter SiT on scikit-learn's 8x8 digits: trains on 2 CPU cores in minutes.
     "demo": {
-        "train": {"steps": 2000, "batch_size": 128, "lr": 1e-3, "lr_warmup_steps": 100},
+        "train": {"steps": 1500, "batch_size": 128, "lr": 1e-3, "lr_warmup_steps": 100},
         "ema": {"decay": 0.999, "warmup": True},
         "checkpoint": {"every": 1000, "keep_last": 2},
         "log": {"every": 50, "sample_count": 100},
@@ -142,7 +142,7 @@ PRESETS: dict[str, dict[str, Any]] = {
             "learn_sigma": False,
         },
         "sampler": {"mode": "ode", "method": "heun", "steps": 20, "batch_size": 250},
-        "metric": {"num_samples": 250, "reference_count": 500},
+        "metric": {"num_samples": 200, "reference_count": 500},
     },
     "sit-xl2-imagenet256": _imagenet_preset("SiT-XL/2", "8<-16", 0.2),
     "sit-l2-imagenet256": _imagenet_preset("SiT-L/2", "8<-18", 0.2),
@@ -265,8 +265,9 @@ def default_pair(arch: str, depth: int) -> LayerSyncDefaults:
     if arch != "custom" and size in PAPER_DEFAULTS:
         pairs, weight = PAPER_DEFAULTS[size]
         return LayerSyncDefaults(pairs, weight)
-    student = max(2, round(depth * 8 / 28))
-    teacher = max(student + 2, round(depth * 16 / 28))
+    student = max(1, round(depth * 8 / 28))
+    teacher = min(depth, max(student + 2, round(depth * 16 / 28)))
+    student = min(student, teacher - 1)  # very shallow models: 1<-2
     return LayerSyncDefaults(f"{student}<-{teacher}", 0.2)
 
 
@@ -482,6 +483,37 @@ class ImageModality(Modality):
             paths.append(save_npz(images, out_dir / "samples.npz"))
         return paths
 
+    def merge_samples(self, parts: list[Path], out_dir: Path, cfg: Any) -> list[Path]:
+        """Parts of ``layersync sample`` -> one ``samples.npz``, ``images/<global index>.png``
+        and a grid (or one ``samples.npy`` for undecoded latents); the parts are then removed."""
+        import shutil
+
+        from layersync_image.data import make_grid, save_npz, save_png
+
+        if all((p / "samples.npy").is_file() for p in parts):
+            path = out_dir / "samples.npy"
+            np.save(path, np.concatenate([np.load(p / "samples.npy") for p in parts]))
+            shutil.rmtree(parts[0].parent)
+            return [path]
+        arrays, index, paths = [], 0, []
+        (out_dir / "images").mkdir(parents=True, exist_ok=True)
+        for part in parts:
+            with np.load(part / "samples.npz") as f:
+                arrays.append(f["arr_0"])
+            for png in sorted((part / "images").glob("*.png")):
+                target = out_dir / "images" / f"{index:06d}.png"
+                png.replace(target)
+                paths.append(target)
+                index += 1
+        images = np.concatenate(arrays)
+        paths.append(save_npz(images, out_dir / "samples.npz"))
+        first = torch.from_numpy(images[:100]).permute(0, 3, 1, 2).float() / 127.5 - 1
+        classes = dataset_spec(cfg)[2]
+        grid = make_grid(first, nrow=min(classes, 10), upscale=max(1, 64 // images.shape[1]))
+        paths.insert(0, save_png(grid, out_dir / "grid.png"))
+        shutil.rmtree(parts[0].parent)
+        return paths
+
     def evaluate(self, model, cfg, out_dir: Path, generator: torch.Generator) -> dict[str, float]:
         """FID of ``metric.num_samples`` class-balanced samples against the cached reference."""
         from layersync.metrics import FeatureStats
@@ -512,6 +544,18 @@ class ImageModality(Modality):
         self.write_samples(first, out_dir, cfg, prefix="fid-samples")
         fid = stats.finalize().frechet_distance(ref)
         return {"fid": fid, "fid_samples": float(mc.num_samples), "fid_reference": float(ref.n)}
+
+    def probe_forward(self, model, cfg, batch, t: float, generator=None):
+        """One forward at time ``t`` (t=1 is data) with the null class label (when the model
+        was trained with label dropout, so it has one); returns the labels and no mask."""
+        x, y = batch
+        times = torch.full((len(x),), float(t), device=x.device, dtype=x.dtype)
+        has_null = model.y_embedder.dropout_prob > 0
+        null = torch.ones_like(y) if has_null else None  # force_drop_ids: all get the null label
+        build_transport(cfg).loss(
+            lambda xt, tt: model(xt, tt, y, force_drop_ids=null), x, generator=generator, t=times
+        )
+        return y, None
 
     def load_weights(self, model: nn.Module, path: Path) -> None:
         """Official SiT/DiT/LayerSync ``.pt`` (weights_only) or ``.safetensors`` weights."""
