@@ -48,8 +48,12 @@ def write(root: Path, step: int, keep_last: int = 3) -> Path:
     weights = {"w": torch.full((2, 3), float(step)), "b": torch.arange(3.0) + step}
     train_state = {"optimizer": {"state": {}, "param_groups": []}, "ema_updates": step}
     return ckpt.save_checkpoint(
-        root, ckpt.Progress(step=step, epoch=1, batch_in_epoch=step % 4, samples_seen=8 * step),
-        weights, {k: v * 0.5 for k, v in weights.items()}, train_state, [ckpt.rng_state()],
+        root,
+        ckpt.Progress(step=step, epoch=1, batch_in_epoch=step % 4, samples_seen=8 * step),
+        weights,
+        {k: v * 0.5 for k, v in weights.items()},
+        train_state,
+        [ckpt.rng_state()],
         keep_last,
     )
 
@@ -170,11 +174,22 @@ def test_every_pt_file_loads_weights_only(toy_plugins: Path, tmp_path: Path) -> 
     from layersync.train.loop import train
 
     plugin = load("toy-sequence")
-    cfg = config_lib.resolve(plugin, overrides=[
-        "train.batch_size=8", "model.depth=4", "log.progress=false", "train.steps=4",
-        "checkpoint.every=2", "train.lr_schedule=cosine", "train.lr_warmup_steps=2",
-        "ema.warmup=true", "train.grad_clip=1.0", f"run.out_dir={tmp_path}", "run.name=r",
-    ])
+    cfg = config_lib.resolve(
+        plugin,
+        overrides=[
+            "train.batch_size=8",
+            "model.depth=4",
+            "log.progress=false",
+            "train.steps=4",
+            "checkpoint.every=2",
+            "train.lr_schedule=cosine",
+            "train.lr_warmup_steps=2",
+            "ema.warmup=true",
+            "train.grad_clip=1.0",
+            f"run.out_dir={tmp_path}",
+            "run.name=r",
+        ],
+    )
     run = train(cfg, plugin)
     files = sorted(run.glob("checkpoints/*/*.pt"))
     assert [f.parent.name for f in files] == ["0000002"] * 2 + ["0000004"] * 2
@@ -225,12 +240,22 @@ def test_kill_9_during_checkpoint_write(toy_env: dict[str, str], tmp_path: Path)
     script = tmp_path / "slow_writer.py"
     script.write_text(SLOW_WRITER)
     marker = tmp_path / "writing"
-    args = ["--modality", "toy-image", *SMALL, "train.steps=6", "checkpoint.every=2",
-            f"run.out_dir={tmp_path}", "run.name=r"]
+    args = [
+        "--modality",
+        "toy-image",
+        *SMALL,
+        "train.steps=6",
+        "checkpoint.every=2",
+        f"run.out_dir={tmp_path}",
+        "run.name=r",
+    ]
     # save_file calls: 1-2 = checkpoint 2 (model, ema), 3 = model of checkpoint 4
     proc = subprocess.Popen(
         [sys.executable, str(script), str(marker), "3", "train", *args],
-        env=toy_env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+        env=toy_env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
     )
     try:
         deadline = time.monotonic() + 120
@@ -258,7 +283,10 @@ def test_kill_9_during_checkpoint_write(toy_env: dict[str, str], tmp_path: Path)
     # --resume latest continues from it to the end and cleans the leftover up
     done = subprocess.run(
         [sys.executable, "-m", "layersync", "train", "--resume", "latest", *args],
-        env=toy_env, capture_output=True, text=True, timeout=300,
+        env=toy_env,
+        capture_output=True,
+        text=True,
+        timeout=300,
     )
     assert done.returncode == 0, done.stderr
     assert (root / "last").read_text() == "0000006"

@@ -3,15 +3,19 @@
 from __future__ import annotations
 
 import itertools
+import os
+import subprocess
+import sys
 import warnings
+from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
 import torch.distributed as dist
-import torch.multiprocessing as mp
 from scipy import linalg
 
+import layersync.metrics
 from layersync.metrics import FeatureStats, GaussianStats, frechet_distance
 from layersync.metrics import frechet as frechet_module
 
@@ -139,33 +143,46 @@ def test_all_reduce_is_noop_without_distributed():
     np.testing.assert_allclose(stats.covariance(), np.cov(x, rowvar=False), rtol=1e-9)
 
 
-# 2-process gloo run: each rank holds a different, unequal slice (rank 1 gets an extra empty
-# update); after all_reduce both ranks must hold the statistics of the whole set.
-_SPLIT = 37
+# 2-process gloo run in a fresh interpreter (independent of how pytest imports this file): each
+# rank holds a different, unequal slice (rank 1 also gets an empty update); after all_reduce both
+# ranks must hold the statistics of the whole set.
+_ALL_REDUCE_SCRIPT = """
+import sys
+import numpy as np
+import torch.distributed as dist
+import torch.multiprocessing as mp
+from layersync.metrics import FeatureStats
 
 
-def _all_reduce_worker(rank: int, world: int, init_file: str, out_prefix: str) -> None:
-    dist.init_process_group("gloo", init_method=f"file://{init_file}", rank=rank, world_size=world)
+def worker(rank, tmp):
+    dist.init_process_group("gloo", init_method=f"file://{tmp}/rendezvous", rank=rank, world_size=2)
     try:
-        x = _features(n=120, d=8, offset=100.0, seed=3)
-        stats = FeatureStats(8)
-        stats.update(x[:_SPLIT] if rank == 0 else x[_SPLIT:])
+        x = np.load(f"{tmp}/features.npy")
+        stats = FeatureStats(x.shape[1]).update(x[:37] if rank == 0 else x[37:])
         if rank == 1:
             stats.update(x[:0])
         stats.all_reduce()
-        np.savez(f"{out_prefix}{rank}.npz", mu=stats.mean(), sigma=stats.covariance(), n=stats.n)
+        np.savez(f"{tmp}/rank{rank}.npz", mu=stats.mean(), sigma=stats.covariance(), n=stats.n)
     finally:
         dist.destroy_process_group()
 
 
+if __name__ == "__main__":
+    mp.spawn(worker, args=(sys.argv[1],), nprocs=2, join=True)
+"""
+
+
 def test_all_reduce_two_gloo_processes_equals_single_process(tmp_path):
-    mp.spawn(
-        _all_reduce_worker,
-        args=(2, str(tmp_path / "rendezvous"), str(tmp_path / "rank")),
-        nprocs=2,
-        join=True,
-    )
     x = _features(n=120, d=8, offset=100.0, seed=3)
+    np.save(tmp_path / "features.npy", x)
+    script = tmp_path / "all_reduce.py"
+    script.write_text(_ALL_REDUCE_SCRIPT)
+    src = str(Path(layersync.metrics.__file__).resolve().parents[2])
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([src, os.environ.get("PYTHONPATH", "")])}
+    proc = subprocess.run(
+        [sys.executable, str(script), str(tmp_path)], env=env, capture_output=True, timeout=120
+    )
+    assert proc.returncode == 0, proc.stderr.decode()[-2000:]
     single = FeatureStats(8).update(x)
     for rank in range(2):
         with np.load(tmp_path / f"rank{rank}.npz") as f:

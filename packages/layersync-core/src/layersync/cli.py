@@ -136,10 +136,13 @@ def train(
     overrides: Overrides = None,
 ) -> None:
     """Train a backbone with LayerSync (use torchrun for several processes)."""
+    import os
+
     from layersync.config import ConfigError, resolve
+
+    plugin, cfg = resolve_config(modality, config, preset, overrides)  # before torch: fast hints
     from layersync.train.loop import NonFiniteLossError, RunDirExistsError, run_dir_of
 
-    plugin, cfg = resolve_config(modality, config, preset, overrides)
     saved = run_dir_of(cfg) / "config.toml"
     if resume and config is None and saved.is_file():
         try:  # continue with the run's own config (+ any overrides given now)
@@ -155,7 +158,8 @@ def train(
         run_dir = run_training(cfg, plugin, resume=resume, overwrite=overwrite)
     except (RunDirExistsError, NonFiniteLossError, FileNotFoundError, ValueError) as e:
         fail(str(e))
-    err.print(f"run directory: {run_dir}")
+    if os.environ.get("RANK", "0") == "0":
+        err.print(f"run directory: {run_dir}")
 
 
 def print_plan(plugin: Modality, cfg: object) -> None:

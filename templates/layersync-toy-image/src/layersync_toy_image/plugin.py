@@ -186,6 +186,7 @@ class ToyImage(Modality):
     presets = {
         "demo": {
             "train": {"steps": 300, "batch_size": 32, "lr": 1e-3},
+            "ema": {"warmup": True},
             "checkpoint": {"every": 100},
             "log": {"every": 25, "sample_count": 8},
         },
