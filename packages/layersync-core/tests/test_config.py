@@ -243,3 +243,11 @@ def test_to_toml_round_trip(tmp_path: Path) -> None:
     plain = resolve(PLUGIN)  # None values (run.name, grad_clip, ...) are left out and come back
     path = write(tmp_path, to_toml(plain), name="plain.toml")
     assert resolve(PLUGIN, file=path).model_dump() == plain.model_dump()
+
+
+def test_numeric_text_and_preset_override() -> None:
+    """`run.name=2024` is a name, not an error; `preset=big` as an override selects that preset."""
+    cfg = resolve(PLUGIN, overrides=["run.name=2024"])
+    assert cfg.run.name == "2024"
+    cfg = resolve(PLUGIN, overrides=["preset=big"])
+    assert cfg.preset == "big" and (cfg.train.steps, cfg.model.depth) == (5000, 12)

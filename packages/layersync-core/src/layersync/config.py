@@ -34,7 +34,8 @@ class ConfigError(ValueError):
 class Section(BaseModel):
     """Base of every config section: unknown keys are errors."""
 
-    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+    # numbers given where text is expected (`run.name=2024`) are taken as text
+    model_config = ConfigDict(extra="forbid", validate_assignment=True, coerce_numbers_to_str=True)
 
 
 # --------------------------------------------------------------------------------------------
@@ -201,7 +202,13 @@ def resolve(
             f"{source}: modality = {file_data['modality']!r} but the command asked for "
             f"{plugin.name!r}"
         )
-    preset = preset or file_data.get("preset") or plugin.default_preset
+    from_override = [v for keys, v in map(parse_override, overrides) if keys == ["preset"]]
+    preset = (
+        preset
+        or (from_override[-1] if from_override else None)
+        or file_data.get("preset")
+        or plugin.default_preset
+    )
     if preset not in plugin.presets:
         raise ConfigError(
             f"unknown preset {preset!r} for modality {plugin.name!r}; "
@@ -211,6 +218,7 @@ def resolve(
     data = deep_merge(data, file_data)
     data["preset"] = preset
     data = apply_overrides(data, overrides)
+    data["preset"] = preset  # `preset=` overrides select the preset above, not just the label
     if data["modality"] != plugin.name:  # only an override can have changed it
         raise ConfigError(
             f"override: modality = {data['modality']!r} but the command asked for {plugin.name!r}"
