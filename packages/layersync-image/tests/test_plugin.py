@@ -365,3 +365,28 @@ def test_sample_command_is_parallel_resumable_and_world_size_independent(tmp_pat
         assert (c["arr_0"][3:6] == 7).all()  # the existing part was kept
         np.testing.assert_array_equal(c["arr_0"][:3], a["arr_0"][:3])
         np.testing.assert_array_equal(c["arr_0"][6:], a["arr_0"][6:])
+
+
+def test_fid_reference_from_stats_file_or_adm_images(tmp_path: Path) -> None:
+    from layersync.metrics import GaussianStats
+    from layersync_image.plugin import reference_stats
+
+    stats_file = tmp_path / "ref_stats.npz"
+    GaussianStats(np.arange(3.0), np.eye(3), 10).save(stats_file)
+    cfg = resolve(f"metric.reference={stats_file}")
+    got = reference_stats(cfg, None, 8)  # a stats file needs no network
+    np.testing.assert_array_equal(got.mu, np.arange(3.0))
+
+    torch.manual_seed(0)
+    inception = InceptionV3Pool3(num_classes=None).eval()
+    images = np.random.default_rng(0).integers(0, 256, (3, 8, 8, 3), dtype=np.uint8)
+    adm = tmp_path / "ref_batch.npz"
+    np.savez(adm, arr_0=images)
+    cfg = resolve(f"metric.reference={adm}")
+    first = reference_stats(cfg, inception, 8)
+    assert first.n == 3 and first.mu.shape == (2048,)
+    again = reference_stats(cfg, None, 8)  # cached: no network needed the second time
+    np.testing.assert_array_equal(again.mu, first.mu)
+
+    with pytest.raises(ValueError, match=r"metric\.reference"):
+        reference_stats(resolve("data.source=latents", "data.path=/nowhere"), None, 8)

