@@ -436,6 +436,18 @@ def reference_stats(cfg: Any, inception: nn.Module, batch_size: int):
     return stats
 
 
+def preview_grid(samples: torch.Tensor, cfg: Any) -> np.ndarray:
+    """The first 100 samples (in [-1, 1]) tiled one class per column, enlarged to >= 64 px,
+    separated by grey lines."""
+    from layersync_image.data import make_grid
+
+    classes = dataset_spec(cfg)[2]
+    upscale = max(1, 64 // samples.shape[-1])
+    return make_grid(
+        samples[:100], nrow=min(classes, 10), upscale=upscale, padding=2, pad_value=128
+    )
+
+
 def _to_uint8(images: torch.Tensor) -> torch.Tensor:
     """[-1, 1] -> uint8 NCHW, exactly what a saved PNG holds (pytorch-fid reads PNGs)."""
     return (127.5 * images + 128.0).clamp(0, 255).to(torch.uint8)
@@ -481,17 +493,14 @@ class ImageModality(Modality):
     def write_samples(self, samples, out_dir: Path, cfg: Any, prefix: str = "") -> list[Path]:
         """A grid PNG (one class per column); without a prefix (export) also one PNG per image
         under ``images/`` and ``samples.npz`` (uint8 NHWC ``arr_0``) for the ADM evaluator."""
-        from layersync_image.data import make_grid, save_npz, save_png, to_uint8_nhwc
+        from layersync_image.data import save_npz, save_png, to_uint8_nhwc
 
         out_dir.mkdir(parents=True, exist_ok=True)
         if samples.shape[1] not in (1, 3):  # undecoded latents: keep the raw tensor
             path = out_dir / f"{prefix or 'samples'}.npy"
             np.save(path, samples.cpu().numpy())
             return [path]
-        classes = dataset_spec(cfg)[2]
-        size = samples.shape[-1]
-        grid = make_grid(samples[:100], nrow=min(classes, 10), upscale=max(1, 64 // size))
-        paths = [save_png(grid, out_dir / f"{prefix or 'grid'}.png")]
+        paths = [save_png(preview_grid(samples, cfg), out_dir / f"{prefix or 'grid'}.png")]
         if not prefix:
             images = to_uint8_nhwc(samples)
             for i, image in enumerate(images):
@@ -504,7 +513,7 @@ class ImageModality(Modality):
         and a grid (or one ``samples.npy`` for undecoded latents); the parts are then removed."""
         import shutil
 
-        from layersync_image.data import make_grid, save_npz, save_png
+        from layersync_image.data import save_npz, save_png
 
         if all((p / "samples.npy").is_file() for p in parts):
             path = out_dir / "samples.npy"
@@ -524,9 +533,7 @@ class ImageModality(Modality):
         images = np.concatenate(arrays)
         paths.append(save_npz(images, out_dir / "samples.npz"))
         first = torch.from_numpy(images[:100]).permute(0, 3, 1, 2).float() / 127.5 - 1
-        classes = dataset_spec(cfg)[2]
-        grid = make_grid(first, nrow=min(classes, 10), upscale=max(1, 64 // images.shape[1]))
-        paths.insert(0, save_png(grid, out_dir / "grid.png"))
+        paths.insert(0, save_png(preview_grid(first, cfg), out_dir / "grid.png"))
         shutil.rmtree(parts[0].parent)
         return paths
 
