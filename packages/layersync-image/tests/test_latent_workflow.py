@@ -21,23 +21,8 @@ from layersync_image.plugin import plugin
 
 
 @pytest.fixture(scope="module")
-def vae_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    diffusers = pytest.importorskip("diffusers")
-    torch.manual_seed(0)
-    vae = diffusers.AutoencoderKL(
-        in_channels=3,
-        out_channels=3,
-        down_block_types=("DownEncoderBlock2D",) * 2,
-        up_block_types=("UpDecoderBlock2D",) * 2,
-        block_out_channels=(8, 16),
-        layers_per_block=1,
-        latent_channels=4,
-        norm_num_groups=8,
-        sample_size=16,
-    )
-    path = tmp_path_factory.mktemp("vae")
-    vae.save_pretrained(path)
-    return path
+def vae_dir(tmp_path_factory: pytest.TempPathFactory, tiny_vae) -> Path:
+    return tiny_vae(tmp_path_factory.mktemp("vae"))
 
 
 def image_folder(root: Path, corrupt: bool = False) -> Path:
