@@ -134,3 +134,18 @@ def toy_plugins(toy_site: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     for entry in reversed(toy_path(toy_site)):
         monkeypatch.syspath_prepend(entry)
     return toy_site
+
+
+# --------------------------------------------------------------------------------------------
+# Threads: the test models are tiny; intra-op threads only add overhead (and contention)
+# --------------------------------------------------------------------------------------------
+
+
+@pytest.fixture(autouse=True)
+def one_thread() -> Iterator[None]:
+    import torch
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)

@@ -46,14 +46,6 @@ METRIC = {"toy-image": "pattern_mse", "toy-sequence": "template_mse"}
 SAMPLE_SHAPE = {"toy-image": (1, 8, 8), "toy-sequence": (12, 4)}
 
 
-@pytest.fixture(autouse=True)
-def _one_thread() -> Iterator[None]:
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 def resolve(
     modality: str, out_dir: Path, *overrides: str, name: str = "run"
 ) -> tuple[Modality, Any]:
@@ -653,7 +645,12 @@ def test_engine_ema_extremes(toy_plugins: Path, tmp_path: Path) -> None:
     saved = {}
     for decay in ("0.0", "1.0"):
         plugin, cfg = resolve(
-            "toy-image", tmp_path, "train.steps=2", f"ema.decay={decay}", "ema.warmup=false", name=f"d{decay}"
+            "toy-image",
+            tmp_path,
+            "train.steps=2",
+            f"ema.decay={decay}",
+            "ema.warmup=false",
+            name=f"d{decay}",
         )
         run = train(cfg, plugin)
         last = ckpt.resolve_checkpoint(run)

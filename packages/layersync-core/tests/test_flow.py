@@ -24,15 +24,6 @@ from layersync.flow import (
 DT = torch.float64
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """The particle clouds here are tiny tensors: intra-op threads only add overhead."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 #################################################################################
 #                     Hand formulas and the exact mixture                       #
 #################################################################################

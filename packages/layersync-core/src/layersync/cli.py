@@ -670,10 +670,13 @@ def probe(
     for label in labels:
         table.add_column(f"probe acc {label}", justify="right")
         table.add_column(f"CKA(block, last) {label}", justify="right")
-    for b in range(len(first["blocks"])):
+    for b in range(max(len(r["blocks"]) for r in results.values())):
         row = [str(b + 1)]
         for label in labels:
             r = results[label]
+            if b >= len(r["blocks"]):  # a shallower model in the comparison
+                row += ["-", "-"]
+                continue
             row += [
                 f"{r['accuracy'][b]:.3f} ± {r['accuracy_std'][b]:.3f}",
                 f"{r['cka'][b][-1]:.3f}",
