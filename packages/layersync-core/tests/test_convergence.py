@@ -4,19 +4,21 @@ on the toy-image plugin (outputs, resume of an unfinished arm, reuse of a finish
 from __future__ import annotations
 
 import csv
+import importlib.util
 import json
 from pathlib import Path
 
 import pytest
-import tomllib
 from typer.testing import CliRunner
 
+from layersync.config import read_toml
 from layersync.convergence import (
     mean_curve,
     relative_gain,
     steps_to_reach,
     summarize,
 )
+from layersync.plots import PLOTS_HINT
 
 pytestmark = pytest.mark.filterwarnings("ignore::layersync.loss.LayerSyncHeuristicWarning")
 
@@ -134,11 +136,14 @@ def test_cli_convergence_outputs_resume_and_reuse(toy_plugins: Path, tmp_path: P
         [tuple(p) for p in result["mean"]["layersync"]], van_final
     )
     assert s["relative_final_gain"] == pytest.approx((van_final - s["layersync_final"]) / van_final)
-    assert (out / "convergence.png").stat().st_size > 1000
+    if importlib.util.find_spec("matplotlib") is not None:
+        assert (out / "convergence.png").stat().st_size > 1000
+    else:  # layersync-core without the plots extra: the data is written, the figure explained
+        assert not (out / "convergence.png").exists() and PLOTS_HINT in done.output
 
     # the arms differ only in LayerSync: same seed, pair term logged in the LayerSync run only
-    van_cfg = tomllib.loads((out / "vanilla-seed1" / "config.toml").read_text())
-    ls_cfg = tomllib.loads((out / "layersync-seed1" / "config.toml").read_text())
+    van_cfg = read_toml(out / "vanilla-seed1" / "config.toml")
+    ls_cfg = read_toml(out / "layersync-seed1" / "config.toml")
     assert van_cfg["layersync"]["enabled"] is False and ls_cfg["layersync"]["enabled"] is True
     assert van_cfg["run"]["seed"] == ls_cfg["run"]["seed"] == 1
     train_ls = [r for r in lines(out / "layersync-seed1" / "metrics.jsonl") if r["kind"] == "train"]
