@@ -18,7 +18,6 @@ from layersync.convergence import (
     steps_to_reach,
     summarize,
 )
-from layersync.plots import PLOTS_HINT
 
 pytestmark = pytest.mark.filterwarnings("ignore::layersync.loss.LayerSyncHeuristicWarning")
 
@@ -138,8 +137,8 @@ def test_cli_convergence_outputs_resume_and_reuse(toy_plugins: Path, tmp_path: P
     assert s["relative_final_gain"] == pytest.approx((van_final - s["layersync_final"]) / van_final)
     if importlib.util.find_spec("matplotlib") is not None:
         assert (out / "convergence.png").stat().st_size > 1000
-    else:  # layersync-core without the plots extra: the data is written, the figure explained
-        assert not (out / "convergence.png").exists() and PLOTS_HINT in done.output
+    else:  # layersync-core without the plots extra: the data is still written, no figure
+        assert not (out / "convergence.png").exists() and (out / "convergence.csv").is_file()
 
     # the arms differ only in LayerSync: same seed, pair term logged in the LayerSync run only
     van_cfg = read_toml(out / "vanilla-seed1" / "config.toml")
