@@ -176,7 +176,7 @@ def test_cli_bench_sample_configured_sampler(toy_plugins: Path, tmp_path: Path) 
 
     out = tmp_path / "sample.json"
     args = ["bench", "sample", "-m", "toy-image", "--samplers", "config", "--steps", "2,5"]
-    done = CliRunner().invoke(app, [*args, "--n", "4", "--json", str(out), "model.depth=2"])
+    done = CliRunner().invoke(app, [*args, "-n", "4", "--json", str(out), "model.depth=2"])
     assert done.exit_code == 0, done.output
     rows = json.loads(out.read_text())["results"]
     # the toy's Euler sampler: one call per step; it has no mode, so no formula to compare

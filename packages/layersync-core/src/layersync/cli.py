@@ -30,7 +30,9 @@ app.add_typer(config_app, name="config")
 console = Console(soft_wrap=True)
 err = Console(stderr=True)
 
-ModalityOpt = Annotated[str, typer.Option("--modality", "-m", help="installed modality plugin")]
+ModalityOpt = Annotated[
+    str | None, typer.Option("--modality", "-m", help="installed modality plugin")
+]
 ConfigOpt = Annotated[Path | None, typer.Option("--config", "-c", help="TOML run config")]
 PresetOpt = Annotated[str | None, typer.Option("--preset", "-p", help="named preset")]
 Overrides = Annotated[list[str] | None, typer.Argument(help="dotted overrides: train.steps=100")]
@@ -99,7 +101,7 @@ def plugins() -> None:
 
 @config_app.command("show")
 def config_show(
-    modality: Annotated[str | None, typer.Option("--modality", "-m")] = None,
+    modality: ModalityOpt = None,
     config: ConfigOpt = None,
     preset: PresetOpt = None,
     overrides: Overrides = None,
@@ -125,7 +127,7 @@ def config_validate(file: Path, overrides: Overrides = None) -> None:
 
 @app.command()
 def train(
-    modality: Annotated[str | None, typer.Option("--modality", "-m")] = None,
+    modality: ModalityOpt = None,
     config: ConfigOpt = None,
     preset: PresetOpt = None,
     resume: Annotated[
@@ -280,7 +282,6 @@ TargetArg = Annotated[Path | None, typer.Argument(help="run directory or checkpo
 WeightsOpt = Annotated[
     Path | None, typer.Option(help="external weights (.pt/.safetensors) instead of a run")
 ]
-OptModality = Annotated[str | None, typer.Option("--modality", "-m")]
 
 
 @app.command()
@@ -292,7 +293,7 @@ def sample(
     batch_size: Annotated[int, typer.Option(help="samples per batch (and per part)")] = 64,
     raw: Annotated[bool, typer.Option("--raw", help="use raw weights, not EMA")] = False,
     weights: WeightsOpt = None,
-    modality: OptModality = None,
+    modality: ModalityOpt = None,
     config: ConfigOpt = None,
     preset: PresetOpt = None,
     overrides: Overrides = None,
@@ -328,7 +329,7 @@ def evaluate(
         int | None, typer.Option(help="default: the seed training evaluates with")
     ] = None,
     weights: WeightsOpt = None,
-    modality: OptModality = None,
+    modality: ModalityOpt = None,
     config: ConfigOpt = None,
     preset: PresetOpt = None,
     overrides: Overrides = None,
@@ -392,7 +393,7 @@ def _csv(text: str, kind: type) -> list:
 
 @bench_app.command("step")
 def bench_step_command(
-    modality: Annotated[str | None, typer.Option("--modality", "-m")] = None,
+    modality: ModalityOpt = None,
     config: ConfigOpt = None,
     preset: PresetOpt = None,
     steps: Annotated[int, typer.Option(help="timed steps per arm")] = 20,
@@ -457,10 +458,10 @@ def bench_step_command(
 @bench_app.command("sample")
 def bench_sample_command(
     run: Annotated[Path | None, typer.Option(help="run/checkpoint directory (EMA weights)")] = None,
-    modality: Annotated[str | None, typer.Option("--modality", "-m")] = None,
+    modality: ModalityOpt = None,
     config: ConfigOpt = None,
     preset: PresetOpt = None,
-    n: Annotated[int, typer.Option("--n", help="samples per configuration")] = 64,
+    n: Annotated[int, typer.Option("--num-samples", "-n", help="samples per configuration")] = 64,
     samplers: Annotated[
         str, typer.Option(help="mode:method list, or 'config' for the configured sampler only")
     ] = "ode:euler,ode:heun,sde:euler,sde:heun",
@@ -515,7 +516,7 @@ def bench_sample_command(
 
 @bench_app.command("convergence")
 def bench_convergence_command(
-    modality: Annotated[str | None, typer.Option("--modality", "-m")] = None,
+    modality: ModalityOpt = None,
     config: ConfigOpt = None,
     preset: PresetOpt = None,
     steps: Annotated[
