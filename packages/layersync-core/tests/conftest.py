@@ -45,6 +45,13 @@ def make_plugin_dist(
     return info
 
 
+@pytest.fixture(scope="session")
+def write_plugin_dist() -> Callable[..., Path]:
+    """:func:`make_plugin_dist` as a fixture: test modules never import ``conftest`` (several
+    packages have one, and the module name would resolve to whichever was imported first)."""
+    return make_plugin_dist
+
+
 @pytest.fixture
 def plugin_dists(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Callable[..., Path]]:
     """Factory ``(dist_name, entry_points, files) -> dist-info path`` on a fresh sys.path entry.

@@ -5,10 +5,10 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
-from conftest import make_plugin_dist
 from typer.testing import CliRunner
 
 from layersync.cli import app
@@ -71,8 +71,10 @@ def test_help_lists_commands_without_importing_torch_or_plugins(toy_env: dict[st
 # --------------------------------------------------------------------------------------------
 
 
-def test_plugins_lists_ok_and_broken(toy_env: dict[str, str], tmp_path: Path) -> None:
-    make_plugin_dist(
+def test_plugins_lists_ok_and_broken(
+    toy_env: dict[str, str], tmp_path: Path, write_plugin_dist: Callable[..., Path]
+) -> None:
+    write_plugin_dist(
         tmp_path,
         "layersync-broken",
         {"layersync.modalities": {"broken": "broken_plugin:plugin"}},
