@@ -5,7 +5,7 @@ from __future__ import annotations
 import copy
 import gc
 import weakref
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 
 import pytest
 import torch
@@ -258,17 +258,43 @@ def test_through_torch_compile(stack: Stack) -> None:
     assert taps.modules["blocks.1"] is stack.blocks[1]
     assert taps.modules["_orig_mod.blocks.3"] is stack.blocks[3]
     try:
-        for _ in range(2):  # the second call reuses the compiled code
-            x = torch.randn(2, 5, 8)
-            with taps:
-                compiled(x)
-            feats = taps.pop()
-            with torch.no_grad():
-                ref = stack.block_outputs(x)
-            torch.testing.assert_close(feats["blocks.1"], ref[1])
-            torch.testing.assert_close(feats["_orig_mod.blocks.3"], ref[3])
+        assert_captures(taps, compiled, stack, {"blocks.1": 1, "_orig_mod.blocks.3": 3})
         assert sum(hook_counts(stack).values()) == 0
     finally:
+        torch._dynamo.reset()
+
+
+def assert_captures(
+    taps: FeatureTaps, call: Callable[[torch.Tensor], object], stack: Stack, blocks: dict
+) -> None:
+    """Two calls (the second reuses compiled code): each tap holds its block's output."""
+    for _ in range(2):
+        x = torch.randn(2, 5, 8)
+        with taps:
+            call(x)
+        feats = taps.pop()
+        with torch.no_grad():
+            ref = stack.block_outputs(x)
+        for name, index in blocks.items():
+            torch.testing.assert_close(feats[name], ref[index])
+
+
+def test_compiled_twin_without_taps_does_not_hide_the_hooks(
+    stack: Stack, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """An A/B run in one process: a compiled vanilla model of the same class runs first; its
+    graph must not be reused for the tapped model (torch.compile skips hook guards by default)."""
+    monkeypatch.setattr(torch._dynamo.config, "skip_nnmodule_hook_guards", True)  # the default
+    twin = Stack()
+    twin.load_state_dict(stack.state_dict())
+    vanilla, tapped = torch.compile(twin, backend="eager"), torch.compile(stack, backend="eager")
+    taps = FeatureTaps(stack, ["blocks.1", "blocks.3"]).attach()
+    try:
+        assert_captures(
+            taps, lambda x: (vanilla(x), tapped(x)), stack, {"blocks.1": 1, "blocks.3": 3}
+        )
+    finally:
+        taps.detach()
         torch._dynamo.reset()
 
 

@@ -62,6 +62,15 @@ def test_paper_presets(preset: str, arch: str, pairs: str, weight: float) -> Non
     assert default_pair(arch, 0) == (plugin.default_layersync(cfg))
 
 
+def test_fashion_mnist_preset_is_the_measured_setting() -> None:
+    cfg = resolve(preset="fashion-mnist")
+    assert (cfg.data.source, cfg.data.image_size, cfg.model.patch_size) == ("fashion-mnist", 28, 4)
+    assert (cfg.train.steps, cfg.train.batch_size, cfg.log.eval_every) == (2400, 64, 600)
+    model = plugin.build_model(cfg)
+    assert model.x_embedder.num_patches == 49 and len(model.blocks) == 6
+    assert plugin.default_layersync(cfg).pairs == "2<-4"
+
+
 def test_default_pairs_follow_the_paper_and_the_heuristic() -> None:
     assert (default_pair("SiT-XL/2", 28).pairs, default_pair("SiT-XL/2", 28).weight) == (
         "8<-16",

@@ -139,6 +139,7 @@ class FeatureTaps:
     def attach(self) -> FeatureTaps:
         """Register the hooks (idempotent). Use for a whole run, e.g. with torch.compile."""
         if not self._handles:
+            _make_compile_check_hooks()
             for name, module in self.modules.items():
                 self._handles.append(module.register_forward_hook(self._hook(name)))
         return self
@@ -209,3 +210,13 @@ def tap_names(blocks: str | Sequence[str], model: nn.Module | None = None) -> li
     if not names:
         raise ValueError(f"{blocks!r} has no child modules to use as blocks")
     return names
+
+
+def _make_compile_check_hooks() -> None:
+    """torch.compile reuses one graph for every instance of a module class and, by default,
+    does not check their hooks when it does (``skip_nnmodule_hook_guards``): a graph traced
+    for a model without taps (the vanilla arm of an A/B run) would then run our tapped model
+    and silently skip the hooks. Make it check them; a model with taps gets its own graph."""
+    import torch._dynamo
+
+    torch._dynamo.config.skip_nnmodule_hook_guards = False
