@@ -5,6 +5,7 @@ from __future__ import annotations
 import importlib
 import sys
 from collections.abc import Callable, Iterator, Mapping
+from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
@@ -156,3 +157,59 @@ def one_thread() -> Iterator[None]:
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(threads)
+
+
+# --------------------------------------------------------------------------------------------
+# One CLI runner for every command-line test (in-process, stdout and stderr apart)
+# --------------------------------------------------------------------------------------------
+
+
+@dataclass
+class CliResult:
+    """What one ``layersync ...`` invocation did."""
+
+    exit_code: int
+    stdout: str
+    stderr: str
+    exception: BaseException | None
+
+    @property
+    def output(self) -> str:
+        """stdout then stderr (for assertion messages and text checks)."""
+        return self.stdout + self.stderr
+
+    @property
+    def lines(self) -> list[str]:
+        """The non-empty lines on stderr."""
+        return [line for line in self.stderr.splitlines() if line.strip()]
+
+    @property
+    def errors(self) -> list[str]:
+        return [line for line in self.lines if line.startswith("error:")]
+
+
+def invoke_cli(*args: str | Path) -> CliResult:
+    from typer.testing import CliRunner
+
+    from layersync.cli import app
+
+    result = CliRunner().invoke(app, [str(a) for a in args])
+    return CliResult(result.exit_code, result.stdout, result.stderr, result.exception)
+
+
+@pytest.fixture
+def layersync_cli(toy_plugins: Path) -> Callable[..., CliResult]:
+    """``layersync_cli("train", "-m", "toy-image", ...)`` -> ``CliResult`` (toy plugins visible)."""
+    return invoke_cli
+
+
+@pytest.fixture(scope="session")
+def cli_invoke() -> Callable[..., CliResult]:
+    """The same runner for module-scoped fixtures (put the plugins on the path yourself)."""
+    return invoke_cli
+
+
+@pytest.fixture(scope="session")
+def toy_sys_path(toy_site: Path) -> list[str]:
+    """The path entries that make both toy plugins importable (for module-scoped fixtures)."""
+    return toy_path(toy_site)

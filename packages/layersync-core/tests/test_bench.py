@@ -6,12 +6,12 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
 import torch
 import torch.nn.functional as F
-from typer.testing import CliRunner
 
 from layersync import config as config_lib
 from layersync.bench import (
@@ -20,8 +20,8 @@ from layersync.bench import (
     peak_step_bytes,
     sampler_variants,
     state_bytes,
-    with_overrides,
 )
+from layersync.config import with_overrides
 from layersync.flow import ode_nfe, sde_nfe
 
 pytestmark = pytest.mark.filterwarnings("ignore::layersync.loss.LayerSyncHeuristicWarning")
@@ -60,7 +60,7 @@ def test_peak_step_bytes_sees_a_transient_tensor() -> None:
 def test_state_bytes_closed_form(toy_plugins: Path, tmp_path: Path) -> None:
     from layersync.bench import _one_step
     from layersync.registry import load
-    from layersync.train.loop import Trainer
+    from layersync.train import Trainer
 
     plugin = load("toy-image")
     cfg = config_lib.resolve(plugin, overrides=[*TINY, f"run.out_dir={tmp_path}"])
@@ -171,12 +171,13 @@ def test_bench_sample_nfe_matches_the_flow_formulas() -> None:
     }
 
 
-def test_cli_bench_sample_configured_sampler(toy_plugins: Path, tmp_path: Path) -> None:
-    from layersync.cli import app
+def test_cli_bench_sample_configured_sampler(
+    layersync_cli: Callable, toy_plugins: Path, tmp_path: Path
+) -> None:
 
     out = tmp_path / "sample.json"
     args = ["bench", "sample", "-m", "toy-image", "--samplers", "config", "--steps", "2,5"]
-    done = CliRunner().invoke(app, [*args, "-n", "4", "--json", str(out), "model.depth=2"])
+    done = layersync_cli(*args, "-n", "4", "--json", str(out), "model.depth=2")
     assert done.exit_code == 0, done.output
     rows = json.loads(out.read_text())["results"]
     # the toy's Euler sampler: one call per step; it has no mode, so no formula to compare

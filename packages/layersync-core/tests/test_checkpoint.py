@@ -106,10 +106,51 @@ def test_resolve_checkpoint_targets(tmp_path: Path) -> None:
     assert ckpt.resolve_checkpoint(run) == root / "0000003"
     (root / "last").write_text("0000099")  # dangling pointer: newest complete one
     assert ckpt.resolve_checkpoint(run) == newest
-    with pytest.raises(FileNotFoundError, match="no checkpoint found"):
+    with pytest.raises(ckpt.CheckpointError, match="no such run or checkpoint directory"):
         ckpt.resolve_checkpoint(tmp_path / "missing")
-    with pytest.raises(FileNotFoundError, match="missing weights file"):
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(ckpt.CheckpointError, match="no checkpoint found"):
+        ckpt.resolve_checkpoint(tmp_path / "empty")
+    with pytest.raises(ckpt.CheckpointError, match="missing weights file"):
         ckpt.load_weights(newest, "nope")
+
+
+def test_torn_newest_checkpoint_names_it_and_the_previous_complete_one(tmp_path: Path) -> None:
+    run = tmp_path / "run"
+    root = run / "checkpoints"
+    older = write(root, 3)
+    newest = write(root, 5)
+    (newest / "rng.pt").unlink()  # torn: `last` points at it but a file is missing
+    message = f"resume from the previous complete checkpoint: --resume {older}"
+    with pytest.raises(ckpt.CheckpointError) as info:
+        ckpt.resolve_checkpoint(run)
+    assert str(info.value) == (
+        f"{newest}: the newest checkpoint is incomplete (missing rng.pt); {message}"
+    )
+    with pytest.raises(ckpt.CheckpointError, match=r"incomplete checkpoint \(missing rng\.pt\)"):
+        ckpt.resolve_checkpoint(newest)
+
+
+@pytest.mark.parametrize(
+    "name", ["model.safetensors", "ema.safetensors", "train_state.pt", "rng.pt"]
+)
+def test_truncated_checkpoint_file_names_it_and_the_way_out(tmp_path: Path, name: str) -> None:
+    root = tmp_path / "checkpoints"
+    older = write(root, 3)
+    newest = write(root, 5)
+    data = (newest / name).read_bytes()
+    (newest / name).write_bytes(data[: len(data) // 2])
+    with pytest.raises(ckpt.CheckpointError) as info:
+        if name.endswith(".safetensors"):
+            ckpt.load_weights(newest, name.split(".")[0])
+        elif name == "train_state.pt":
+            ckpt.load_train_state(newest)
+        else:
+            ckpt.load_rng_states(newest)
+    message = str(info.value)
+    assert message.startswith(f"{newest / name}: ")
+    assert message.endswith(f"resume from the previous complete checkpoint: --resume {older}")
+    assert "\n" not in message
 
 
 # --------------------------------------------------------------------------------------------
@@ -155,6 +196,57 @@ def test_rng_state_survives_torch_save_and_pickle(tmp_path: Path) -> None:
         assert_same_draws(reference, draw(gen))
 
 
+class FakeCuda:
+    """Stands in for torch.cuda's RNG functions: ``count`` visible GPUs, ``current`` the rank's."""
+
+    def __init__(self, count: int, current: int) -> None:
+        self.states = {i: torch.full((8,), i, dtype=torch.uint8) for i in range(count)}
+        self.current = current
+
+    def install(self, monkeypatch: pytest.MonkeyPatch) -> None:
+        monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+        monkeypatch.setattr(torch.cuda, "current_device", lambda: self.current)
+        monkeypatch.setattr(torch.cuda, "get_rng_state", lambda: self.states[self.current].clone())
+        monkeypatch.setattr(torch.cuda, "set_rng_state", self._set)
+
+        def refuse(*args: object) -> None:
+            raise AssertionError("every visible GPU's RNG touched")
+
+        monkeypatch.setattr(torch.cuda, "get_rng_state_all", refuse)
+        monkeypatch.setattr(torch.cuda, "set_rng_state_all", refuse)
+
+    def _set(self, state: torch.Tensor) -> None:
+        self.states[self.current] = state.clone()
+
+
+def test_cuda_rng_is_the_rank_device_only(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Saved on GPU 3 of 4 visible, restored where the task sees one GPU (device 0)."""
+    saving = FakeCuda(count=4, current=3)
+    saving.install(monkeypatch)
+    state = ckpt.rng_state()
+    assert torch.equal(state["cuda_device"], torch.full((8,), 3, dtype=torch.uint8))
+    restoring = FakeCuda(count=1, current=0)
+    restoring.install(monkeypatch)
+    ckpt.set_rng_state(state)
+    assert torch.equal(restoring.states[0], torch.full((8,), 3, dtype=torch.uint8))
+
+
+def test_legacy_all_gpu_rng_restores_the_current_device(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Older checkpoints hold every visible GPU's state: take the current device's entry."""
+    state = ckpt.rng_state()
+    state.pop("cuda_device")
+    state["cuda"] = [torch.full((8,), 10 + i, dtype=torch.uint8) for i in range(2)]
+    fake = FakeCuda(count=2, current=1)
+    fake.install(monkeypatch)
+    ckpt.set_rng_state(state)
+    assert torch.equal(fake.states[1], state["cuda"][1])
+    assert torch.equal(fake.states[0], torch.full((8,), 0, dtype=torch.uint8))  # untouched
+    fewer = FakeCuda(count=4, current=3)  # no entry for device 3: left as it is
+    fewer.install(monkeypatch)
+    ckpt.set_rng_state(state)
+    assert torch.equal(fewer.states[3], torch.full((8,), 3, dtype=torch.uint8))
+
+
 # --------------------------------------------------------------------------------------------
 # Real checkpoints from the engine
 # --------------------------------------------------------------------------------------------
@@ -163,7 +255,7 @@ def test_rng_state_survives_torch_save_and_pickle(tmp_path: Path) -> None:
 def test_every_pt_file_loads_weights_only(toy_plugins: Path, tmp_path: Path) -> None:
     from layersync import config as config_lib
     from layersync.registry import load
-    from layersync.train.loop import train
+    from layersync.train import train
 
     plugin = load("toy-sequence")
     cfg = config_lib.resolve(

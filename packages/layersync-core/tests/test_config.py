@@ -12,6 +12,7 @@ from pydantic import BaseModel, ConfigDict
 from layersync.config import (
     ConfigError,
     config_class,
+    load_presets,
     parse_override,
     read_toml,
     resolve,
@@ -251,3 +252,41 @@ def test_numeric_text_and_preset_override() -> None:
     assert cfg.run.name == "2024"
     cfg = resolve(PLUGIN, overrides=["preset=big"])
     assert cfg.preset == "big" and (cfg.train.steps, cfg.model.depth) == (5000, 12)
+
+
+# --------------------------------------------------------------------------------------------
+# Presets as TOML files inside a package
+# --------------------------------------------------------------------------------------------
+
+
+def test_load_presets_reads_each_toml_file_of_the_package(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    pkg = tmp_path / "toy_presets_pkg"
+    (pkg / "presets").mkdir(parents=True)
+    (pkg / "__init__.py").write_text("")
+    (pkg / "presets" / "demo.toml").write_text("[train]\nsteps = 50\n\n[model]\ndepth = 2\n")
+    (pkg / "presets" / "big.toml").write_text("[model]\ndepth = 12\nhidden = 64\n")
+    (pkg / "presets" / "notes.txt").write_text("not a preset")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    presets = load_presets("toy_presets_pkg")
+    assert presets == {
+        "big": {"model": {"depth": 12, "hidden": 64}},
+        "demo": {"train": {"steps": 50}, "model": {"depth": 2}},
+    }
+    # a preset file and a --config file are one format: the same resolution result
+    plugin = SimpleNamespace(**{**vars(PLUGIN), "presets": presets})
+    via_preset = resolve(plugin, preset="big")
+    via_file = resolve(plugin, file=pkg / "presets" / "big.toml", preset="demo")
+    assert via_preset.model == via_file.model and via_preset.model.depth == 12
+
+    (pkg / "presets" / "bad.toml").write_text("[model\n")
+    with pytest.raises(ConfigError, match=r"bad\.toml: not valid TOML"):
+        load_presets("toy_presets_pkg")
+    with pytest.raises(ConfigError, match="no preset folder 'nowhere'"):
+        load_presets("toy_presets_pkg", "nowhere")
+
+
+def test_read_toml_takes_text_paths(tmp_path: Path) -> None:
+    path = write(tmp_path, "[train]\nsteps = 3\n")
+    assert read_toml(str(path)) == read_toml(path) == {"train": {"steps": 3}}

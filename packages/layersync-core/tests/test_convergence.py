@@ -6,10 +6,10 @@ from __future__ import annotations
 import csv
 import importlib.util
 import json
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
-from typer.testing import CliRunner
 
 from layersync.config import read_toml
 from layersync.convergence import (
@@ -89,23 +89,21 @@ ARGS = [
 ]
 
 
-def invoke(out: Path, steps: int, *extra: str) -> object:
-    from layersync.cli import app
-
-    return CliRunner().invoke(app, [*ARGS, "--steps", str(steps), "--out", str(out), *extra])
+def invoke(cli: Callable, out: Path, steps: int, *extra: str) -> object:
+    return cli(*ARGS, "--steps", str(steps), "--out", str(out), *extra)
 
 
 def lines(path: Path) -> list[dict]:
     return [json.loads(line) for line in path.read_text().splitlines()]
 
 
-def test_cli_convergence_outputs_resume_and_reuse(toy_plugins: Path, tmp_path: Path) -> None:
+def test_cli_convergence_outputs_resume_and_reuse(layersync_cli: Callable, tmp_path: Path) -> None:
     out = tmp_path / "conv"
-    first = invoke(out, 4)
+    first = invoke(layersync_cli, out, 4)
     assert first.exit_code == 0, first.output
     early = {arm: lines(out / f"{arm}-seed0" / "metrics.jsonl") for arm in ("vanilla", "layersync")}
 
-    done = invoke(out, 6)  # extends every arm: resumed from step 4, not retrained
+    done = invoke(layersync_cli, out, 6)  # extends every arm: resumed from step 4, not retrained
     assert done.exit_code == 0, done.output
     assert "resuming" in done.output and "training" not in done.output
     for arm, old in early.items():
@@ -128,6 +126,14 @@ def test_cli_convergence_outputs_resume_and_reuse(toy_plugins: Path, tmp_path: P
         if r["arm"] == "layersync" and r["seed"] == "mean"
     ]
     assert ls_mean == [tuple(p) for p in result["mean"]["layersync"]]  # repr round-trips
+    # the sample-based metric's noise: each arm's final checkpoint redrawn with a second seed
+    noise = result["sampling_noise"]
+    assert noise["metric"] == "pattern_mse" and noise["vanilla"]["step"] == 6
+    for arm in ("vanilla", "layersync"):
+        assert noise[arm]["first"] == result["curves"][arm]["0"][-1][1]
+        assert noise[arm]["abs_diff"] == abs(noise[arm]["first"] - noise[arm]["second"])
+    assert "sampling noise of pattern_mse" in done.output
+    assert "final gain (paired per seed)" in done.output and "n=2" in done.output
     s = result["summary"]
     van_final = result["mean"]["vanilla"][-1][1]
     assert s["vanilla_final"] == van_final
@@ -149,17 +155,123 @@ def test_cli_convergence_outputs_resume_and_reuse(toy_plugins: Path, tmp_path: P
     assert all("cos/2<-3" in r for r in train_ls)
 
     before = {p: p.read_bytes() for p in out.glob("*/metrics.jsonl")}
-    again = invoke(out, 6)  # finished arms are reused as they are
+    again = invoke(layersync_cli, out, 6)  # finished arms are reused as they are
     assert again.exit_code == 0, again.output
     assert again.output.count("reused") == 4
     assert {p: p.read_bytes() for p in out.glob("*/metrics.jsonl")} == before
 
+    # a final evaluation with overrides, two sampling seeds per final checkpoint; with the
+    # training config's own value, draw 1 reproduces training's last evaluation exactly
+    final = invoke(layersync_cli, out, 6, "--final-eval", "sampler.steps=3")
+    assert final.exit_code == 0, final.output
+    f = json.loads((out / "convergence.json").read_text())["final_eval"]["metrics"]["pattern_mse"]
+    for arm in ("vanilla", "layersync"):
+        for seed in ("0", "1"):
+            assert f["values"][arm][seed][0] == result["curves"][arm][seed][-1][1]
+    v, ls = f["values"]["vanilla"], f["values"]["layersync"]
+    gains = [v[s][0] - ls[s][0] for s in ("0", "1")]
+    assert f["gain"]["mean"] == pytest.approx(sum(gains) / 2) and f["gain"]["n"] == 2
+    noise = max(abs(d[0] - d[1]) for arm in (v, ls) for d in arm.values())
+    assert f["sampling_noise"] == noise > 0
+    assert f["exceeds_twice_noise"] == (abs(f["gain"]["mean"]) > 2 * noise)
+    assert "final pattern_mse (sampler.steps=3): paired gain" in final.output
+
 
 def test_cli_convergence_refuses_a_run_with_another_config(
-    toy_plugins: Path, tmp_path: Path
+    layersync_cli: Callable, tmp_path: Path
 ) -> None:
     out = tmp_path / "conv"
-    assert invoke(out, 2, "--seeds", "0").exit_code == 0
-    other = invoke(out, 2, "--seeds", "0", "model.dim=16")
+    assert invoke(layersync_cli, out, 2, "--seeds", "0").exit_code == 0
+    other = invoke(layersync_cli, out, 2, "--seeds", "0", "model.dim=16")
     assert other.exit_code == 2
     assert "trained with another config" in other.output and "model.dim" in other.output
+    # a λ study elsewhere shares the finished vanilla arm (a link): LayerSync's settings and
+    # the run's location do not matter when it is off; they do for the LayerSync arm
+    lam = tmp_path / "lam0.05"
+    lam.mkdir()
+    (lam / "vanilla-seed0").symlink_to(out / "vanilla-seed0")
+    shared = invoke(layersync_cli, lam, 2, "--seeds", "0", "layersync.weight=0.05")
+    assert shared.exit_code == 0, shared.output
+    assert "vanilla-seed0: finished, reused" in shared.output
+    assert "layersync-seed0: training" in shared.output
+    changed = invoke(layersync_cli, out, 2, "--seeds", "0", "layersync.weight=0.05")
+    assert changed.exit_code == 2 and "layersync.weight" in changed.output
+
+
+# --------------------------------------------------------------------------------------------
+# Declared metrics: the plugin's primary metric and its direction (issue 10, item 3)
+# --------------------------------------------------------------------------------------------
+
+
+def _accuracy_plugin():
+    from types import SimpleNamespace
+
+    from layersync.plugin import MetricSpec
+
+    return SimpleNamespace(
+        name="acc-plugin",
+        metrics={
+            "loss": MetricSpec(higher_is_better=False),
+            "accuracy": MetricSpec(higher_is_better=True, primary=True),
+        },
+    )
+
+
+def test_metric_direction_follows_the_declaration() -> None:
+    from layersync.convergence import metric_direction
+
+    plugin = _accuracy_plugin()
+    assert metric_direction(plugin, ["loss", "accuracy"]) == ("accuracy", True)
+    assert metric_direction(plugin, ["loss", "accuracy"], "loss") == ("loss", False)
+    assert metric_direction(plugin, ["loss", "accuracy"], None, False) == ("accuracy", False)
+    undeclared = type("P", (), {"name": "old", "metrics": {}})()
+    assert metric_direction(undeclared, ["mse", "x"]) == ("mse", False)  # first, lower
+    with pytest.raises(ValueError, match="metric 'fid' not reported; available: loss, accuracy"):
+        metric_direction(plugin, ["loss", "accuracy"], "fid")
+
+
+def test_higher_is_better_primary_metric_gives_the_right_speedup(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Known curves: accuracy rises 0.5 -> 0.7 (vanilla) and 0.7 -> 0.8 (LayerSync), the loss
+    falls. Read as lower-is-better (the old behaviour) accuracy would say LayerSync never
+    reaches vanilla; read as declared, LayerSync reaches 0.7 at step 10 of 20: x2."""
+    from types import SimpleNamespace
+
+    from layersync import convergence
+
+    curves = {
+        "vanilla": [(10, 0.5, 2.0), (20, 0.7, 1.0)],
+        "layersync": [(10, 0.7, 1.5), (20, 0.8, 0.5)],
+    }
+    dirs = {}
+    for arm, points in curves.items():
+        d = tmp_path / f"{arm}-seed0"
+        d.mkdir()
+        rows = [
+            {"kind": "eval", "step": s, "time": 0.0, "loss": loss, "accuracy": acc}
+            for s, acc, loss in points
+        ]
+        (d / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+        dirs[arm] = d
+    monkeypatch.setattr(convergence, "arm_config", lambda p, c, o, arm, *a: arm)
+    monkeypatch.setattr(convergence, "ensure_run", lambda arm, plugin, log: dirs[arm])
+    cfg = SimpleNamespace(
+        modality="acc",
+        preset="demo",
+        train=SimpleNamespace(steps=20),
+        log=SimpleNamespace(eval_every=10),
+    )
+    run = convergence.run_convergence
+    result = run(_accuracy_plugin(), cfg, tmp_path / "out", plot=False, noise_check=False)
+    assert result["metric"] == "accuracy" and result["lower_is_better"] is False
+    s = result["summary"]
+    assert s["layersync_steps_to_vanilla_final"] == 10.0
+    assert s["speedup"] == pytest.approx(2.0)
+    assert s["relative_final_gain"] == pytest.approx(0.1 / 0.7)
+    # an explicit override still wins: the loss, lower is better
+    result = convergence.run_convergence(
+        _accuracy_plugin(), cfg, tmp_path / "out", metric="loss", plot=False, noise_check=False
+    )
+    assert result["lower_is_better"] is True
+    assert result["summary"]["layersync_steps_to_vanilla_final"] == pytest.approx(15.0)

@@ -10,7 +10,7 @@ import signal
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -18,16 +18,14 @@ import numpy as np
 import pytest
 import torch
 from torch import nn
-from typer.testing import CliRunner
 
 from layersync import config as config_lib
-from layersync.cli import app
 from layersync.loss import LayerSync
 from layersync.plugin import Modality
 from layersync.registry import load
+from layersync.train import NonFiniteLossError, RunDirExistsError, Trainer, train
 from layersync.train import checkpoint as ckpt
 from layersync.train.ema import EMA
-from layersync.train.loop import NonFiniteLossError, RunDirExistsError, Trainer, train
 
 pytestmark = pytest.mark.filterwarnings("ignore::layersync.loss.LayerSyncHeuristicWarning")
 
@@ -148,7 +146,7 @@ def test_cli_train_writes_the_run_directory(cli_run: tuple[str, Path]) -> None:
     metrics = json.loads((run / "eval" / "0000006" / "metrics.json").read_text())
     (logged,) = records(run, "eval")
     assert logged["step"] == 6 and logged[METRIC[modality]] == metrics[METRIC[modality]]
-    assert list(metrics) == [METRIC[modality]] and np.isfinite(metrics[METRIC[modality]])
+    assert next(iter(metrics)) == METRIC[modality] and np.isfinite(metrics[METRIC[modality]])
 
 
 def test_cli_train_metrics_lines(cli_run: tuple[str, Path]) -> None:
@@ -171,7 +169,7 @@ def read_samples(out: Path) -> np.ndarray:
 
 
 def test_cli_sample_uses_ema_weights_unless_raw(
-    cli_run: tuple[str, Path], toy_plugins: Path, tmp_path: Path
+    layersync_cli: Callable, cli_run: tuple[str, Path], toy_plugins: Path, tmp_path: Path
 ) -> None:
     from layersync.sampling import sample_to_dir
 
@@ -188,7 +186,7 @@ def test_cli_sample_uses_ema_weights_unless_raw(
 
     for flag, which in ((), "ema"), (("--raw",), "model"):
         out = tmp_path / which
-        done = CliRunner().invoke(app, ["sample", str(run), "-n", "4", "--out", str(out), *flag])
+        done = layersync_cli("sample", str(run), "-n", "4", "--out", str(out), *flag)
         assert done.exit_code == 0, done.output
         got = read_samples(out)
         assert got.shape == (4, *SAMPLE_SHAPE[modality])
@@ -199,28 +197,29 @@ def test_cli_sample_uses_ema_weights_unless_raw(
 
 
 def test_cli_eval_reproduces_the_training_metric(
-    cli_run: tuple[str, Path], toy_plugins: Path
+    layersync_cli: Callable, cli_run: tuple[str, Path], toy_plugins: Path
 ) -> None:
     modality, run = cli_run
     path = run / "eval" / "0000006" / "metrics.json"
-    during_training = json.loads(path.read_text())[METRIC[modality]]
-    done = CliRunner().invoke(app, ["eval", str(run)])
+    during_training = json.loads(path.read_text())
+    path.unlink()  # eval must write it again, not leave training's copy to be re-read
+    done = layersync_cli("eval", str(run))
     assert done.exit_code == 0, done.output
     assert METRIC[modality] in done.stdout
-    again = json.loads(path.read_text())[METRIC[modality]]
+    assert path.is_file(), "layersync eval printed the metric but wrote no metrics.json"
+    again = json.loads(path.read_text())  # every key, val_loss included
     assert again == pytest.approx(during_training, rel=1e-6)
 
 
 def test_cli_dry_run_prints_the_plan_and_writes_nothing(
-    toy_plugins: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    layersync_cli: Callable, toy_plugins: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    from layersync import cli as cli_module
+    from layersync.cli import common as cli_module
 
     monkeypatch.setattr(cli_module.console, "width", 200)  # no wrapping inside table cells
     out = tmp_path / "runs"
-    done = CliRunner().invoke(
-        app,
-        [
+    done = layersync_cli(
+        *[
             "train",
             "--modality",
             "toy-image",
@@ -264,10 +263,11 @@ def test_diffusion_loss_decreases(modality: str, toy_plugins: Path, tmp_path: Pa
 
 @contextlib.contextmanager
 def signal_after(k: int, sig: int) -> Iterator[None]:
-    """Inside the block, the k-th optimizer step sends ``sig`` to this process (pre-emption)."""
-    real, calls = Trainer.train_step, []
+    """Inside the block, the k-th optimizer step's forward/backward sends ``sig`` to this process
+    (pre-emption); the step's check sees it, finishes the step and saves."""
+    real, calls = Trainer.forward_backward, []
 
-    def train_step(self: Trainer) -> dict[str, torch.Tensor]:
+    def forward_backward(self: Trainer) -> dict[str, torch.Tensor]:
         stats = real(self)
         calls.append(1)
         if len(calls) == k:
@@ -275,7 +275,7 @@ def signal_after(k: int, sig: int) -> Iterator[None]:
         return stats
 
     with pytest.MonkeyPatch.context() as mp:
-        mp.setattr(Trainer, "train_step", train_step)
+        mp.setattr(Trainer, "forward_backward", forward_backward)
         yield
 
 
@@ -365,7 +365,7 @@ def test_resume_is_bit_exact(case: str, toy_plugins: Path, tmp_path: Path) -> No
 
 @pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT], ids=["SIGTERM", "SIGINT"])
 def test_signal_saves_and_exits_cleanly(
-    sig: int, toy_env: dict[str, str], toy_plugins: Path, tmp_path: Path
+    layersync_cli: Callable, sig: int, toy_env: dict[str, str], toy_plugins: Path, tmp_path: Path
 ) -> None:
     args = [
         "--modality",
@@ -403,9 +403,7 @@ def test_signal_saves_and_exits_cleanly(
     assert ckpt.load_train_state(root / f"{step:07d}")[1].step == step
     assert [r["step"] for r in records(tmp_path / "r")] == list(range(1, step + 1))
 
-    done = CliRunner().invoke(
-        app, ["train", "--resume", "latest", *args, f"train.steps={step + 2}"]
-    )
+    done = layersync_cli("train", "--resume", "latest", *args, f"train.steps={step + 2}")
     assert done.exit_code == 0, done.output
     assert (root / "last").read_text() == f"{step + 2:07d}"
     assert [r["step"] for r in records(tmp_path / "r")] == list(range(1, step + 3))
@@ -465,11 +463,12 @@ def test_nan_layersync_term_is_named(
         train(cfg, plugin)
 
 
-def test_cli_nan_is_one_line_exit_2(toy_plugins: Path, tmp_path: Path) -> None:
+def test_cli_nan_is_one_line_exit_2(
+    layersync_cli: Callable, toy_plugins: Path, tmp_path: Path
+) -> None:
     # lr = 1e30: step 1 is finite (so checkpoint 1 exists), the forward of step 2 overflows
-    done = CliRunner().invoke(
-        app,
-        [
+    done = layersync_cli(
+        *[
             "train",
             "--modality",
             "toy-image",
@@ -485,8 +484,8 @@ def test_cli_nan_is_one_line_exit_2(toy_plugins: Path, tmp_path: Path) -> None:
     (line,) = error_lines(done.stderr)
     root = tmp_path / "r" / "checkpoints"
     assert line == (
-        f"error: step 2: the diffusion loss is nan; stopped without saving. "
-        f"Last good checkpoint: {root / '0000001'}"
+        "error: step 2: the diffusion loss is nan; stopped without saving (train.nonfinite=skip "
+        f"would skip such steps). Last good checkpoint: {root / '0000001'}"
     )
     good = ckpt.resolve_checkpoint(tmp_path / "r")
     assert good == root / "0000001"
@@ -506,8 +505,9 @@ def snapshot(root: Path) -> dict[str, tuple[int, bytes]]:
     }
 
 
-def test_existing_run_dir_is_protected(toy_plugins: Path, tmp_path: Path) -> None:
-    runner = CliRunner()
+def test_existing_run_dir_is_protected(
+    layersync_cli: Callable, toy_plugins: Path, tmp_path: Path
+) -> None:
     args = [
         "train",
         "--modality",
@@ -523,7 +523,7 @@ def test_existing_run_dir_is_protected(toy_plugins: Path, tmp_path: Path) -> Non
     (run / "notes.txt").write_text("mine")
     before = snapshot(run)
 
-    result = runner.invoke(app, args)
+    result = layersync_cli(*args)
     assert result.exit_code == 2
     assert error_lines(result.stderr) == [
         f"error: run directory {run} already exists: pass --resume latest to continue it, "
@@ -535,16 +535,17 @@ def test_existing_run_dir_is_protected(toy_plugins: Path, tmp_path: Path) -> Non
         train(cfg, plugin)
     assert snapshot(run) == before
 
-    result = runner.invoke(app, [*args, "--overwrite"])
+    result = layersync_cli(*args, "--overwrite")
     assert result.exit_code == 0, result.output
     assert not (run / "notes.txt").exists()
     assert (run / "checkpoints" / "last").read_text() == "0000002"
 
 
-def test_resume_of_a_missing_run_is_a_clear_error(toy_plugins: Path, tmp_path: Path) -> None:
-    result = CliRunner().invoke(
-        app,
-        [
+def test_resume_of_a_missing_run_is_a_clear_error(
+    layersync_cli: Callable, toy_plugins: Path, tmp_path: Path
+) -> None:
+    result = layersync_cli(
+        *[
             "train",
             "--modality",
             "toy-image",
@@ -557,7 +558,7 @@ def test_resume_of_a_missing_run_is_a_clear_error(toy_plugins: Path, tmp_path: P
     )
     assert result.exit_code == 2
     assert error_lines(result.stderr) == [
-        f"error: {tmp_path / 'nothing'}: no checkpoint found (expected a run or checkpoint dir)"
+        f"error: {tmp_path / 'nothing'}: no such run or checkpoint directory"
     ]
     assert not (tmp_path / "nothing").exists()  # and it leaves no empty run dir behind
 

@@ -11,8 +11,9 @@ import torch
 
 from layersync import config as config_lib
 from layersync.registry import load
+from layersync.train import Trainer, train
 from layersync.train import checkpoint as ckpt
-from layersync.train.loop import Trainer, lr_factor, train
+from layersync.train.loop import lr_factor
 
 pytestmark = pytest.mark.filterwarnings("ignore::layersync.loss.LayerSyncHeuristicWarning")
 

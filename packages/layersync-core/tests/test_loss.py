@@ -324,12 +324,19 @@ def test_parse_pairs_forms() -> None:
     assert str(LayerPair(8, 16)) == "8<-16"
 
 
-@pytest.mark.parametrize("spec", ["8-16", "a<-b", "8<-16,", "8->16"])
+@pytest.mark.parametrize("spec", ["8-16", "a<-b", "8->16", "4<-8, 8-16"])
 def test_bad_pair_strings_are_named(spec: str) -> None:
     with pytest.raises(ValueError, match="bad layer pair") as err:
         parse_pairs(spec)
     bad = spec.split(",")[-1].strip()
     assert repr(bad) in str(err.value)
+
+
+@pytest.mark.parametrize("spec", ["8<-16,", ",8<-16", "4<-8,,8<-16"])
+def test_an_empty_pair_names_the_whole_spec(spec: str) -> None:
+    with pytest.raises(ValueError, match="empty layer pair") as err:
+        parse_pairs(spec)
+    assert repr(spec) in str(err.value)
 
 
 @pytest.mark.parametrize(
@@ -338,7 +345,7 @@ def test_bad_pair_strings_are_named(spec: str) -> None:
         ("16<-8", "student < teacher"),
         ("8<-8", "student < teacher"),
         ("8<-40", "1..28"),
-        ("0<-8", "1..28"),
+        ("0<-8", "numbered from 1"),
         ("8<-16,4<-12,8<-16", "given twice"),
     ],
 )
@@ -385,7 +392,11 @@ def test_stats_report_mean_cosines_reg_and_weight() -> None:
     run(sync, model, x)
     loss = sync.loss(mask=mask)
 
-    assert set(sync.stats) == {"cos/8<-16", "cos/4<-12", "reg", "weight"}
+    assert set(sync.stats) == {"cos/8<-16", "cos/4<-12", "reg", "weight"} | {
+        "rel/8<-16",
+        "rel/4<-12",
+        *(f"rms/{k}" for k in (4, 8, 12, 16)),
+    }
     assert not any(v.requires_grad for v in sync.stats.values())
     with torch.no_grad():
         outs = model.block_outputs(x)
@@ -398,3 +409,70 @@ def test_stats_report_mean_cosines_reg_and_weight() -> None:
     torch.testing.assert_close(sync.stats["reg"].double(), reg)
     assert sync.stats["weight"].item() == pytest.approx(0.2)
     torch.testing.assert_close(loss.double(), 0.2 * reg)
+
+
+# --------------------------------------------------------------------------------------------
+# The fixed per-step cost (issue 9, section 5): what one loss() call launches
+# --------------------------------------------------------------------------------------------
+
+
+def test_token_cosine_equals_the_normalize_formula() -> None:
+    import torch.nn.functional as F
+
+    g = torch.Generator().manual_seed(0)
+    s, t = torch.randn(3, 7, 33, generator=g), torch.randn(3, 7, 33, generator=g)
+    s[0, 0] = 0.0  # a zero vector: the eps clamp, as F.normalize has it
+    expected = (F.normalize(s, dim=-1, eps=1e-6) * F.normalize(t, dim=-1, eps=1e-6)).sum(-1)
+    torch.testing.assert_close(token_cosine(s, t), expected, rtol=1e-6, atol=1e-6)
+    half = token_cosine(s.bfloat16(), t.bfloat16())
+    assert half.dtype == torch.float32  # normalised in float32 under bf16
+    s.requires_grad_(True)
+    token_cosine(s, t).sum().backward()
+    ref = s.detach().clone().requires_grad_(True)
+    (F.normalize(ref, dim=-1, eps=1e-6) * F.normalize(t, dim=-1, eps=1e-6)).sum().backward()
+    torch.testing.assert_close(s.grad, ref.grad, rtol=1e-5, atol=1e-6)
+
+
+def test_one_loss_call_writes_no_feature_sized_tensor_but_one() -> None:
+    """The LayerSync term per step: the features are read, but the only (B, T, D)-sized result
+    is the student-teacher product (no normalised copies), and the logged cosine reuses the
+    term (no second reduction, no new tensor for an unchanged λ)."""
+    from torch.utils._python_dispatch import TorchDispatchMode
+
+    class Ops(TorchDispatchMode):
+        def __init__(self) -> None:
+            super().__init__()
+            self.calls: list[tuple[str, tuple[int, ...]]] = []
+
+        def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+            out = func(*args, **(kwargs or {}))
+            shape = tuple(out.shape) if isinstance(out, torch.Tensor) else ()
+            self.calls.append((str(func), shape))
+            return out
+
+    class Chain(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.blocks = nn.ModuleList(nn.Linear(16, 16) for _ in range(6))
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            for block in self.blocks:
+                x = block(x)
+            return x
+
+    model = Chain()
+    sync = LayerSync(model, "2<-4", weight=0.2, warn=False).attach()
+    x = torch.randn(4, 8, 16)
+    for step in range(2):  # the second call is the steady state
+        with sync:
+            model(x)
+        with Ops() as ops:
+            sync.loss(None, None, step)
+    compute = [(f, shape) for f, shape in ops.calls if "detach" not in f and "expand" not in f]
+    big = [f for f, shape in compute if len(shape) == 3]
+    assert big == ["aten.mul.Tensor"], compute
+    assert not any("lift_fresh" in f or "stack" in f for f, _ in compute), compute
+    # 15 (two of them (B, T, D) divisions) before; 12 for the term, then 16 small (B, T) or
+    # scalar ops for the block diagnostics (rms/, rel/) from the term's norms and dot products
+    assert len(compute) <= 12 + 16, compute
+    sync.detach()

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import itertools
+import json
 import os
 import subprocess
 import sys
@@ -259,3 +260,78 @@ def test_frechet_rejects_large_imaginary_part_and_bad_shapes():
         frechet_distance(np.zeros(2), np.diag([-1.0, 1.0]), np.zeros(2), np.eye(2))
     with pytest.raises(ValueError, match="shape"):
         frechet_distance(np.zeros(2), np.eye(2), np.zeros(3), np.eye(3))
+
+
+# --------------------------------------------------------------------------------------------
+# cached_stats: reference statistics computed once per key
+# --------------------------------------------------------------------------------------------
+
+KEY = {"extractor": "toy-net", "weights": "sha256:ab12", "data": {"name": "toy", "n": 301}}
+
+
+def _toy_stats() -> GaussianStats:
+    return FeatureStats(9).update(_features()).finalize()
+
+
+def test_cached_stats_second_call_does_not_compute(tmp_path, monkeypatch):
+    from layersync.metrics import cached_stats, stats_cache_path
+
+    monkeypatch.setenv("LAYERSYNC_CACHE", str(tmp_path))
+    calls = []
+
+    def compute():
+        calls.append(1)
+        return _toy_stats()
+
+    first = cached_stats(KEY, compute)
+    path = stats_cache_path(KEY)
+    assert path.parent == tmp_path / "stats" and path.is_file()
+    assert json.loads(path.with_suffix(".json").read_text()) == KEY  # the key, readable, beside
+    second = cached_stats(dict(reversed(list(KEY.items()))), compute)  # key order is irrelevant
+    assert len(calls) == 1
+    np.testing.assert_array_equal(second.mu, first.mu)
+    np.testing.assert_array_equal(second.sigma, first.sigma)
+    assert second.n == 301
+
+    changed = {**KEY, "data": {"name": "toy", "n": 300}}
+    cached_stats(changed, compute)
+    assert len(calls) == 2 and stats_cache_path(changed) != path
+
+    # a key file that does not match (collision / edited) means: compute again
+    path.with_suffix(".json").write_text(json.dumps({"other": 1}))
+    cached_stats(KEY, compute)
+    assert len(calls) == 3 and json.loads(path.with_suffix(".json").read_text()) == KEY
+    with pytest.raises(TypeError, match="must return GaussianStats"):
+        cached_stats({"bad": 1}, lambda: np.zeros(3))
+    with pytest.raises(ValueError, match="JSON-serialisable"):
+        cached_stats({"bad": object()}, compute)
+
+
+_KILL_DURING_WRITE = """
+import os, signal, sys
+import numpy as np
+from layersync.metrics import FeatureStats, GaussianStats, cached_stats
+
+def save_then_die(self, path):
+    with open(path, "wb") as f:      # half a file reaches the disk, then the process is killed
+        f.write(b"PK\\x03\\x04" + b"\\0" * 1000)
+        f.flush()
+        os.fsync(f.fileno())
+    os.kill(os.getpid(), signal.SIGKILL)
+
+GaussianStats.save = save_then_die
+cached_stats({"k": 1}, lambda: FeatureStats(2).update(np.eye(2)[[0, 1, 1]]).finalize())
+"""
+
+
+def test_cached_stats_kill_during_write_leaves_no_partial_file(tmp_path):
+    from layersync.metrics import cached_stats, stats_cache_path
+
+    env = {**os.environ, "LAYERSYNC_CACHE": str(tmp_path)}
+    proc = subprocess.run([sys.executable, "-c", _KILL_DURING_WRITE], env=env, timeout=120)
+    assert proc.returncode == -9  # killed inside the write
+    path = stats_cache_path({"k": 1}, root=tmp_path / "stats")
+    assert not path.exists()  # only the (complete) key file and a temporary may remain
+    calls = []
+    stats = cached_stats({"k": 1}, lambda: calls.append(1) or _toy_stats(), root=tmp_path / "stats")
+    assert calls == [1] and stats.n == 301 and path.is_file()

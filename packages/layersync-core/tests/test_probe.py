@@ -5,11 +5,11 @@ from __future__ import annotations
 
 import json
 import warnings
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
 import torch
-from typer.testing import CliRunner
 
 from layersync import config as config_lib
 from layersync.loss import LayerSyncHeuristicWarning, parse_pairs, validate_pairs
@@ -201,7 +201,7 @@ def image_run(plugin_dists, tmp_path: Path) -> Path:
     """A 2-step tiny image run, with the image plugin discoverable through the registry."""
     pytest.importorskip("layersync_image.plugin")
     from layersync.registry import load
-    from layersync.train.loop import train
+    from layersync.train import train
 
     plugin_dists(
         "layersync-image", {"layersync.modalities": {"image": "layersync_image.plugin:plugin"}}, {}
@@ -215,12 +215,13 @@ def image_run(plugin_dists, tmp_path: Path) -> Path:
         return train(cfg, plugin)
 
 
-def test_cli_probe_with_compare_and_suggestion(image_run: Path, tmp_path: Path) -> None:
-    from layersync.cli import app
+def test_cli_probe_with_compare_and_suggestion(
+    layersync_cli: Callable, image_run: Path, tmp_path: Path
+) -> None:
 
     out = tmp_path / "probe"
     args = ["probe", "--run", str(image_run), "--compare", str(image_run), "--samples", "60"]
-    done = CliRunner().invoke(app, [*args, "--suggest-pairs", "--out", str(out)])
+    done = layersync_cli(*args, "--suggest-pairs", "--out", str(out))
     assert done.exit_code == 0, done.output
     assert "suggested pair" in done.output
     report = json.loads((out / "probe.json").read_text())
@@ -255,3 +256,33 @@ def test_suggest_pair_when_the_decoder_stage_starts_too_early() -> None:
     s = suggest_pair(staged_cka(6, decoder_from=4))
     assert s.pair == "3<-5"  # depth rule alone: teacher ceil(0.8 * 6), student 2.5 -> deeper
     assert any("leaves no room" in line for line in s.reasoning)
+
+
+def test_cli_probe_without_labels_gives_cka_and_a_pair_and_says_why(
+    layersync_cli: Callable, image_run: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """``probe_forward`` may return labels=None (unlabelled data, text conditions): CKA and the
+    pair suggestion still come out (the same CKA as with labels), the linear probe does not."""
+    from layersync.probe import NO_LABELS
+
+    args = ["probe", "--run", str(image_run), "--samples", "40", "--suggest-pairs"]
+    with_labels = layersync_cli(*args, "--out", str(tmp_path / "a"))
+    assert with_labels.exit_code == 0, with_labels.output
+    image = pytest.importorskip("layersync_image.plugin")
+    real = type(image.plugin).probe_forward
+
+    def unlabelled(self, model, cfg, batch, t, generator=None):
+        _, mask = real(self, model, cfg, batch, t, generator)
+        return None, mask
+
+    monkeypatch.setattr(type(image.plugin), "probe_forward", unlabelled)
+    done = layersync_cli(*args, "--out", str(tmp_path / "b"))
+    assert done.exit_code == 0, done.output
+    assert NO_LABELS in " ".join(done.stdout.split())
+    a, b = (json.loads((tmp_path / d / "probe.json").read_text()) for d in "ab")
+    run_a, run_b = (next(iter(r["runs"].values())) for r in (a, b))
+    assert run_b["accuracy"] is None and run_b["note"] == NO_LABELS
+    assert run_b["cka"] == run_a["cka"]  # the same forward, the same features
+    student, teacher = map(int, b["suggestion"]["pair"].split("<-"))
+    assert 1 <= student < teacher <= 4
+    assert "no probe accuracies given" in " ".join(b["suggestion"]["reasoning"])

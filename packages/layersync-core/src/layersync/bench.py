@@ -46,13 +46,6 @@ def synchronize(device: torch.device) -> None:
         torch.cuda.synchronize(device)
 
 
-def with_overrides(plugin: Modality, cfg: Any, overrides: Sequence[str]) -> Any:
-    """A validated copy of a resolved config with dotted ``key=value`` overrides applied."""
-    data = config_lib.apply_overrides(cfg.model_dump(), overrides)
-    keys = [config_lib.parse_override(o)[0] for o in overrides]
-    return config_lib.validate(plugin, data, source="bench", overridden=keys)
-
-
 @contextlib.contextmanager
 def _quiet_stderr() -> Iterator[None]:
     """Silence the profiler backend's C++ start/stop lines (file descriptor 2) for a moment."""
@@ -213,10 +206,10 @@ class ArmResult:
 def _arm_configs(plugin: Modality, cfg: Any, root: Path) -> dict[str, Any]:
     common = [f"run.out_dir={root}", "log.progress=false"]
     return {
-        "vanilla": with_overrides(
+        "vanilla": config_lib.with_overrides(
             plugin, cfg, [*common, "run.name=vanilla", "layersync.enabled=false"]
         ),
-        "layersync": with_overrides(
+        "layersync": config_lib.with_overrides(
             plugin, cfg, [*common, "run.name=layersync", "layersync.enabled=true"]
         ),
     }
@@ -236,7 +229,7 @@ def bench_step(
     log: Callable[[str], None] | None = None,
 ) -> dict[str, Any]:
     """Vanilla vs LayerSync training steps of ``cfg``, interleaved; see the module docstring."""
-    from layersync.train.loop import Trainer
+    from layersync.train import Trainer
 
     if steps < 1 or warmup < 0:
         raise ValueError("bench step needs steps >= 1 and warmup >= 0")
@@ -391,7 +384,7 @@ def bench_sample(
 ) -> dict[str, Any]:
     """Samples/s and model calls of ``plugin.sample`` under each override list in ``variants``
     (see ``sampler_variants``). NFE = model calls per sampling batch."""
-    from layersync.train.distributed import resolve_device
+    from layersync.distributed import resolve_device
 
     log = log or (lambda message: None)
     device = resolve_device(cfg.train.device)
@@ -399,7 +392,7 @@ def bench_sample(
     rows = []
     with CallCounter(model) as counter, torch.no_grad():
         for overrides in variants:
-            run_cfg = with_overrides(plugin, cfg, overrides)
+            run_cfg = config_lib.with_overrides(plugin, cfg, overrides)
             gen = torch.Generator(device).manual_seed(seed)
             cond = plugin.conditions(run_cfg, n, gen)
             warm = min(n, 2)
@@ -467,3 +460,81 @@ def _num_batches(cfg: Any, n: int) -> int:
     """Sampling batches a plugin splits ``n`` into (``sampler.batch_size`` when it has one)."""
     size = getattr(getattr(cfg, "sampler", None), "batch_size", None) or n
     return -(-n // size)
+
+
+# --------------------------------------------------------------------------------------------
+# Reports (what `layersync bench step|sample` print)
+# --------------------------------------------------------------------------------------------
+
+
+def step_report(result: dict[str, Any], steps: int) -> tuple[Any, str]:
+    """The vanilla-vs-LayerSync table and the device line of a ``bench_step`` result."""
+    from rich.table import Table
+
+    van, ls = result["arms"]["vanilla"], result["arms"]["layersync"]
+    table = Table(
+        title=f"bench step: {result['modality']} / {result['preset']} on {result['device']} "
+        f"({result['precision']}, batch {result['batch_size']}, {steps} steps per arm)"
+    )
+    for column in ("", "vanilla", f"layersync {','.join(result['pairs'])}", "ratio"):
+        table.add_column(column, justify="right")
+    mb = 2**20
+    rows = [
+        (
+            "median step (ms)",
+            1e3 * van["median_step_s"],
+            1e3 * ls["median_step_s"],
+            result["step_time_ratio"],
+            ".1f",
+        ),
+        (
+            "memory (MB)",
+            van["memory_bytes"] / mb,
+            ls["memory_bytes"] / mb,
+            result["memory_ratio"],
+            ".1f",
+        ),
+        (
+            "  step peak (MB)",
+            van["step_peak_bytes"] / mb,
+            ls["step_peak_bytes"] / mb,
+            result["step_peak_ratio"],
+            ".1f",
+        ),
+        ("FLOPs / step (G)", van["flops_per_step"] / 1e9, ls["flops_per_step"] / 1e9, None, ".3f"),
+        (
+            "achieved GFLOP/s",
+            van["achieved_flops_per_s"] / 1e9,
+            ls["achieved_flops_per_s"] / 1e9,
+            None,
+            ".2f",
+        ),
+    ]
+    for label, a, b, ratio, fmt in rows:
+        table.add_row(label, f"{a:{fmt}}", f"{b:{fmt}}", "" if ratio is None else f"{ratio:.3f}")
+    table.add_row("MFU", f"{100 * van['mfu']:.2f}%", f"{100 * ls['mfu']:.2f}%")
+    peak = result["device_matmul"]
+    line = (
+        f"device matmul ({peak['n']}x{peak['n']} {peak['dtype']}): "
+        f"{peak['flops_per_s'] / 1e9:.1f} GFLOP/s measured; memory: {result['memory_method']}"
+    )
+    return table, line
+
+
+def sample_report(result: dict[str, Any], n: int) -> Any:
+    """The per-sampler table of a ``bench_sample`` result."""
+    from rich.table import Table
+
+    table = Table(title=f"bench sample: {result['modality']} on {result['device']} (n={n})")
+    for column in ("sampler", "samples/s", "seconds", "NFE", "expected NFE", "call batch"):
+        table.add_column(column, justify="right")
+    for r in result["results"]:
+        table.add_row(
+            r["sampler"],
+            f"{r['samples_per_s']:.2f}",
+            f"{r['seconds']:.2f}",
+            f"{r['nfe']:g}",
+            "-" if r["expected_nfe"] is None else str(r["expected_nfe"]),
+            ",".join(map(str, r["call_batch_sizes"])),
+        )
+    return table

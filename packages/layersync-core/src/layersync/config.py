@@ -9,8 +9,13 @@ named. Errors read ``train.lr: Input should be a valid number (got 'fast')``.
 from __future__ import annotations
 
 import difflib
+import importlib.resources
+import math
+import re
 import sys
+import warnings
 from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass
 from functools import cache
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
@@ -24,6 +29,8 @@ else:  # pragma: no cover
     import tomli as tomllib
 
 if TYPE_CHECKING:  # keeps `import layersync.config` free of torch
+    from importlib.resources.abc import Traversable
+
     from layersync.plugin import Modality
 
 
@@ -36,6 +43,124 @@ class Section(BaseModel):
 
     # numbers given where text is expected (`run.name=2024`) are taken as text
     model_config = ConfigDict(extra="forbid", validate_assignment=True, coerce_numbers_to_str=True)
+
+
+# --------------------------------------------------------------------------------------------
+# Layer pairs: parsed and checked here, once, for config validation, --dry-run, train, probe
+# and bench (``layersync.loss`` re-exports these names)
+# --------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, order=True)
+class LayerPair:
+    """``student <- teacher``: block ``student`` is pulled toward block ``teacher`` (1-based)."""
+
+    student: int
+    teacher: int
+
+    def __str__(self) -> str:
+        return f"{self.student}<-{self.teacher}"
+
+
+_PAIR_RE = re.compile(r"^\s*(\d+)\s*<-\s*(\d+)\s*$")
+
+
+def parse_pairs(spec: str | Sequence[str | tuple[int, int] | LayerPair]) -> list[LayerPair]:
+    """Parse ``"8<-16"``, ``"4<-8, 6<-10"``, ``[(8, 16)]`` or ``["8<-16"]`` into pairs."""
+    items = spec.split(",") if isinstance(spec, str) else list(spec)
+    pairs = []
+    for item in items:
+        if isinstance(item, LayerPair):
+            pairs.append(item)
+        elif isinstance(item, str):
+            match = _PAIR_RE.match(item)
+            if not match and not item.strip():
+                raise ValueError(
+                    f"empty layer pair in {spec!r}: expected 'student<-teacher' items "
+                    "separated by commas, e.g. '4<-8,6<-12'"
+                )
+            if not match:
+                raise ValueError(
+                    f"bad layer pair {item.strip()!r}: expected 'student<-teacher', e.g. '8<-16'"
+                )
+            pairs.append(LayerPair(int(match[1]), int(match[2])))
+        else:
+            student, teacher = item
+            pairs.append(LayerPair(int(student), int(teacher)))
+    if not pairs:
+        raise ValueError("no layer pair given: expected e.g. '8<-16'")
+    return pairs
+
+
+def validate_pairs(pairs: Sequence[LayerPair], depth: int, *, warn: bool = True) -> None:
+    """Check pairs against the model depth; warn where they leave the paper's heuristic.
+
+    Errors: student >= teacher (the reference code's self-alignment has zero gradient), an
+    index outside ``1..depth``, duplicate pairs. Warnings: teacher in the last ~20% of blocks
+    (they decode rather than represent), student in the very first blocks, a gap under ~10%.
+    """
+    check_order(pairs)
+    for p in pairs:
+        if not (1 <= p.student <= depth and 1 <= p.teacher <= depth):
+            raise ValueError(f"layer pair {p}: blocks must be in 1..{depth} for this model")
+        if not warn:
+            continue
+        if p.teacher > math.ceil(0.8 * depth):
+            _warn(f"teacher {p.teacher} is in the last 20% of the {depth} blocks (they decode)")
+        if p.student <= max(1, depth // 10):
+            _warn(f"student {p.student} is one of the very first of {depth} blocks")
+        if p.teacher - p.student < max(2, depth // 10):
+            _warn(f"pair {p} has a small gap; the paper uses about a third of the depth")
+
+
+def _warn(message: str) -> None:
+    warnings.warn(f"LayerSync heuristic: {message}", LayerSyncHeuristicWarning, stacklevel=3)
+
+
+class LayerSyncHeuristicWarning(UserWarning):
+    """A pair that is valid but outside the paper's recommendations."""
+
+
+def check_order(pairs: Sequence[LayerPair]) -> None:
+    """The depth-independent checks: student < teacher, no pair twice."""
+    seen = set()
+    for p in pairs:
+        if p.student < 1:
+            raise ValueError(f"layer pair {p}: blocks are numbered from 1")
+        if p.student >= p.teacher:
+            raise ValueError(
+                f"layer pair {p}: the student block must be shallower than the teacher "
+                "(student < teacher)"
+            )
+        if p in seen:
+            raise ValueError(f"layer pair {p} is given twice")
+        seen.add(p)
+
+
+def effective_layersync(
+    cfg: Any, plugin: Modality, model: Any = None, *, warn: bool = True
+) -> tuple[list[LayerPair], float] | None:
+    """The run's pairs and λ (``layersync.pairs``/``weight`` or the plugin's defaults),
+    checked against the model's depth; None when ``layersync.enabled`` is false. ``model``
+    is built from ``cfg`` when not given. Problems are ``ConfigError``s naming the key."""
+    ls = cfg.layersync
+    if not ls.enabled:
+        return None
+    defaults = None
+    if ls.pairs is None or ls.weight is None:
+        defaults = plugin.default_layersync(cfg)
+    spec = ls.pairs if ls.pairs is not None else defaults.pairs
+    weight = ls.weight if ls.weight is not None else defaults.weight
+    if model is None:
+        model = plugin.build_model(cfg)
+    depth = len(plugin.block_names(cfg, model))
+    try:
+        pairs = parse_pairs(spec)
+        validate_pairs(pairs, depth, warn=warn)
+    except ValueError as e:
+        where = "" if ls.pairs is not None else f" (the {plugin.name} plugin's default)"
+        raise ConfigError(f"layersync.pairs = {spec!r}{where}: {e}") from None
+    return pairs, weight
 
 
 # --------------------------------------------------------------------------------------------
@@ -66,6 +191,14 @@ class TrainSection(Section):
     compile: bool = False
     distributed: Literal["ddp", "fsdp"] = "ddp"
     num_workers: int = Field(0, ge=0)
+    nonfinite: Literal["stop", "skip"] = Field(
+        "stop",
+        description="a NaN/inf loss or gradient: stop the run (naming the step and term), or "
+        "skip that step's update (counted as `skipped` in metrics.jsonl)",
+    )
+    max_skipped: int = Field(
+        10, gt=0, description="with nonfinite = skip: stop after this many consecutive skips"
+    )
 
 
 class LayerSyncSection(Section):
@@ -78,8 +211,19 @@ class LayerSyncSection(Section):
     decay_steps: int = Field(0, ge=0)
     final_weight: float = Field(0.0, ge=0)
     time_range: tuple[float, float] | None = Field(
-        None, description="apply only for t in [low, high] (objective's time convention)"
+        None,
+        description="apply only for t in [low, high]; t in [0, 1], 1 = clean data, 0 = noise "
+        "(a discrete diffusion at step s of T is at t = 1 - s/T)",
     )
+
+    @field_validator("pairs")
+    @classmethod
+    def _pairs(cls, v: str | None) -> str | None:
+        if v is None:
+            return v
+        pairs = parse_pairs(v)  # syntax; the depth is checked against the model later
+        check_order(pairs)
+        return ",".join(map(str, pairs))
 
     @field_validator("time_range")
     @classmethod
@@ -102,6 +246,9 @@ class CheckpointSection(Section):
 class LogSection(Section):
     every: int = Field(10, gt=0, description="steps between metric lines")
     tensorboard: bool = False
+    wandb: bool = Field(False, description="log to Weights & Biases (extra `wandb`)")
+    wandb_project: str = Field("layersync", description="W&B project")
+    wandb_entity: str | None = Field(None, description="W&B entity (team); None = default")
     progress: bool = True
     sample_every: int = Field(0, ge=0, description="steps between EMA sample grids; 0 = end only")
     sample_count: int = Field(16, gt=0)
@@ -175,15 +322,43 @@ def apply_overrides(data: Mapping[str, Any], overrides: Iterable[str]) -> dict[s
     return out
 
 
-def read_toml(path: str | Path) -> dict[str, Any]:
-    path = Path(path)
+def with_overrides(plugin: Modality, cfg: BaseModel, overrides: Sequence[str]) -> CoreConfig:
+    """A validated copy of a resolved config with dotted ``key=value`` overrides applied."""
+    data = apply_overrides(cfg.model_dump(), overrides)
+    keys = [parse_override(o)[0] for o in overrides]
+    return validate(plugin, data, source="override", overridden=keys)
+
+
+def read_toml(path: str | Path | Traversable) -> dict[str, Any]:
+    """A TOML config file (``--config`` or a plugin preset) as a dict; errors name the file."""
+    if isinstance(path, str):
+        path = Path(path)
     try:
         with path.open("rb") as f:
             return tomllib.load(f)
     except FileNotFoundError:
         raise ConfigError(f"{path}: config file not found") from None
+    except IsADirectoryError:
+        raise ConfigError(f"{path}: is a directory, expected a TOML file") from None
+    except UnicodeDecodeError:
+        raise ConfigError(f"{path}: not a text file, expected TOML") from None
     except tomllib.TOMLDecodeError as e:
         raise ConfigError(f"{path}: not valid TOML ({e})") from None
+
+
+def load_presets(package: str, folder: str = "presets") -> dict[str, dict[str, Any]]:
+    """A plugin's presets: every ``<folder>/<name>.toml`` inside ``package``, by name.
+
+    A preset file is a partial run config, the same format as ``--config`` files and
+    ``layersync config show`` (read by the same ``read_toml``)::
+
+        PRESETS = load_presets("layersync_image")   # layersync_image/presets/demo.toml -> "demo"
+    """
+    root = importlib.resources.files(package).joinpath(folder)
+    if not root.is_dir():
+        raise ConfigError(f"{package}: no preset folder {folder!r} inside the package")
+    files = sorted((f for f in root.iterdir() if f.name.endswith(".toml")), key=lambda f: f.name)
+    return {f.name.removesuffix(".toml"): read_toml(f) for f in files}
 
 
 def resolve(
@@ -258,7 +433,7 @@ def format_errors(
         where = source
         if any(loc[: len(keys)] == keys for keys in overridden):
             where = "override"
-        msg = err["msg"]
+        msg = err["msg"].removeprefix("Value error, ")
         if err["type"] == "extra_forbidden":
             msg = "unknown key"
             known = _known_keys(model, err["loc"][:-1])
@@ -307,4 +482,6 @@ def _plain(data: Any) -> Any:
 
 
 def save(cfg: BaseModel, path: str | Path) -> None:
-    Path(path).write_text(to_toml(cfg))
+    from layersync.fileio import atomic_write
+
+    atomic_write(path, to_toml(cfg))

@@ -8,9 +8,12 @@ interrupted and re-run, or re-run with more steps to extend the curves.
 
 Outputs in ``OUT``: ``convergence.json`` (curves, means, summary), ``convergence.csv`` (one row
 per arm, seed and evaluation step, mean rows with seed ``mean``) and ``convergence.png``.
-The summary answers two questions on the mean curves: how many steps LayerSync needs to reach
-the vanilla arm's final metric (linear interpolation between evaluation points), and the
-relative metric gain at the final step.
+The summary answers two questions: how many steps LayerSync needs to reach the vanilla arm's
+final metric (linear interpolation between evaluation points), and the relative metric gain at
+the final step. Claims are made on paired per-seed differences (``layersync.paired``): mean and
+95% t-interval, "no detectable difference" when the interval includes no-change (or n = 1).
+A sample-based metric also gets its sampling noise (a second sampling seed on the final
+checkpoints); ``val_loss`` (``layersync.valloss``) has none by construction.
 """
 
 from __future__ import annotations
@@ -21,7 +24,9 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
-from layersync.bench import with_overrides
+from layersync import finaleval, paired
+from layersync.config import with_overrides
+from layersync.fileio import atomic_write
 from layersync.plugin import Modality
 
 ARMS = ("vanilla", "layersync")
@@ -80,7 +85,11 @@ def run_state(run_dir: Path, steps: int) -> str:
 
 
 def check_same_run(run_dir: Path, cfg: Any, plugin: Modality) -> None:
-    """Refuse to reuse a run directory trained with another config (steps and logging aside)."""
+    """Refuse to reuse a run directory trained with another config.
+
+    Ignored: the steps and logging, where the run lives (``run.out_dir``/``run.name``: a moved
+    or linked run is the same run) and, when LayerSync is off in both, its settings (a vanilla
+    arm can then be shared by several λ studies)."""
     from layersync import config as config_lib
 
     saved = run_dir / "config.toml"
@@ -88,9 +97,14 @@ def check_same_run(run_dir: Path, cfg: Any, plugin: Modality) -> None:
         return
     old = config_lib.resolve(plugin, file=saved).model_dump(mode="json")
     new = cfg.model_dump(mode="json")
+    vanilla = not old["layersync"]["enabled"] and not new["layersync"]["enabled"]
     for data in (old, new):
         data["train"].pop("steps")
         data.pop("log")
+        data["run"].pop("out_dir", None)
+        data["run"].pop("name", None)
+        if vanilla:
+            data.pop("layersync")
     if old != new:
         diff = sorted(_diff_keys(old, new))
         raise ValueError(
@@ -108,7 +122,8 @@ def _diff_keys(a: Any, b: Any, prefix: str = "") -> list[str]:
 
 def ensure_run(cfg: Any, plugin: Modality, log: Callable[[str], None]) -> Path:
     """Train the run of ``cfg`` unless it is done; resume it if it has a checkpoint."""
-    from layersync.train.loop import run_dir_of, train
+    from layersync.rundir import run_dir_of
+    from layersync.train import train
 
     run_dir = run_dir_of(cfg)
     check_same_run(run_dir, cfg, plugin)
@@ -138,7 +153,7 @@ def eval_curve(run_dir: Path, metric: str, up_to: int | None = None) -> Curve:
 
 
 def default_metric(run_dir: Path) -> str:
-    """The first metric of the run's eval lines."""
+    """The first metric of the run's eval lines (for plugins that declare none)."""
     for record in eval_records(run_dir):
         for key, value in record.items():
             if key not in ("step", "kind", "time") and isinstance(value, (int, float)):
@@ -147,6 +162,50 @@ def default_metric(run_dir: Path) -> str:
         f"{run_dir}: no evaluation metric in metrics.jsonl; the plugin computed none "
         "(is its metric installed and switched on?)"
     )
+
+
+def metric_direction(
+    plugin: Modality,
+    available: Sequence[str],
+    metric: str | None = None,
+    higher_is_better: bool | None = None,
+) -> tuple[str, bool]:
+    """The metric to compare on and whether higher is better.
+
+    Default: the plugin's primary metric (``Modality.metrics``) and its declared direction;
+    ``metric`` picks another (its declared direction, else lower is better); an explicit
+    ``higher_is_better`` overrides the direction. Plugins declaring nothing: the first of
+    ``available``, lower is better.
+    """
+    declared = dict(getattr(plugin, "metrics", {}) or {})
+    if metric is None:
+        primary = [name for name, spec in declared.items() if spec.primary and name in available]
+        if primary:
+            metric = primary[0]
+        elif available:
+            metric = available[0]
+        else:
+            raise ValueError(f"modality {plugin.name!r} reported no metric to compare")
+    elif available and metric not in available:
+        raise ValueError(f"metric {metric!r} not reported; available: {', '.join(available)}")
+    if higher_is_better is None:
+        spec = declared.get(metric)
+        higher_is_better = bool(spec.higher_is_better) if spec is not None else False
+    return metric, higher_is_better
+
+
+def reported_metrics(run_dir: Path) -> list[str]:
+    """Names of the numeric metrics in a run's eval lines, in first-seen order."""
+    names: list[str] = []
+    for record in eval_records(run_dir):
+        for key, value in record.items():
+            if key in ("step", "kind", "time") or not isinstance(value, (int, float)):
+                continue
+            if key not in names:
+                names.append(key)
+    if not names:
+        default_metric(run_dir)  # raises the explanation
+    return names
 
 
 def mean_curve(curves: Sequence[Curve]) -> Curve:
@@ -206,6 +265,8 @@ def summarize(
             "layersync_steps_to_vanilla_final": need_s,
             "relative_final_gain": relative_gain(v[-1][1], lsc[-1][1], lower_is_better),
         }
+    # paired per-seed differences with 95% t-intervals: what the report states as a claim
+    summary["paired"] = paired.paired_summary(curves, lower_is_better, steps_to_reach)
     return means, summary
 
 
@@ -223,11 +284,20 @@ def run_convergence(
     steps: int | None = None,
     eval_every: int | None = None,
     metric: str | None = None,
-    lower_is_better: bool = True,
+    higher_is_better: bool | None = None,
     plot: bool = True,
+    noise_check: bool = True,
+    final_eval: Sequence[str] = (),
     log: Callable[[str], None] | None = None,
 ) -> dict[str, Any]:
-    """Train (or reuse / resume) both arms for every seed, then write the three outputs."""
+    """Train (or reuse / resume) both arms for every seed, then write the three outputs.
+
+    The metric and its direction: the plugin's primary metric (``Modality.metrics``) unless
+    ``metric`` / ``higher_is_better`` say otherwise (see ``metric_direction``). For a
+    sample-based metric (not ``val_loss``) and ``noise_check``, the first seed's final
+    checkpoints are re-evaluated with a second sampling seed (``sampling_noise``).
+    ``final_eval`` (config overrides, e.g. ``metric.num_samples=2000``): every arm's final
+    checkpoint is evaluated with those overrides at two sampling seeds (``finaleval``)."""
     log = log or (lambda message: None)
     steps = steps or cfg.train.steps
     eval_every = eval_every or cfg.log.eval_every or max(1, steps // 10)
@@ -239,12 +309,21 @@ def run_convergence(
         for arm in ARMS:
             arm_cfg = arm_config(plugin, cfg, out_dir, arm, seed, steps, eval_every)
             run_dirs[arm][seed] = ensure_run(arm_cfg, plugin, log)
-    metric = metric or default_metric(run_dirs["vanilla"][seeds[0]])
+    available = reported_metrics(run_dirs["vanilla"][seeds[0]])
+    metric, higher = metric_direction(plugin, available, metric, higher_is_better)
+    lower_is_better = not higher
     curves = {
         arm: {seed: eval_curve(d, metric, up_to=steps) for seed, d in dirs.items()}
         for arm, dirs in run_dirs.items()
     }
     means, summary = summarize(curves, lower_is_better)
+    noise = None
+    if noise_check and finaleval.is_sample_based(metric):
+        first = {arm: run_dirs[arm][seeds[0]] for arm in ARMS}
+        noise = finaleval.sampling_noise(plugin, first, metric)
+    final = None
+    if final_eval:
+        final = finaleval.final_eval(plugin, run_dirs, final_eval, log)
     result = {
         "modality": cfg.modality,
         "preset": cfg.preset,
@@ -258,15 +337,20 @@ def run_convergence(
         "mean": means,
         "summary": summary,
     }
-    (out_dir / "convergence.json").write_text(json.dumps(result, indent=2) + "\n")
-    write_csv(out_dir / "convergence.csv", curves, means)
+    if noise is not None:
+        result["sampling_noise"] = noise
+    if final is not None:
+        result["final_eval"] = final
+    atomic_write(out_dir / "convergence.json", json.dumps(result, indent=2) + "\n")
+    atomic_write(out_dir / "convergence.csv", lambda p: write_csv(p, curves, means))
     if plot:
         try:
             from layersync.plots import plot_convergence
 
+            bands = {arm: paired.arm_band(curves[arm]) for arm in ARMS}
             result["plot"] = str(
                 plot_convergence(
-                    curves, out_dir / "convergence.png", metric, means, lower_is_better
+                    curves, out_dir / "convergence.png", metric, means, lower_is_better, bands
                 )
             )
         except ImportError as e:
@@ -282,3 +366,61 @@ def write_csv(path: Path, curves: dict[str, dict[int, Curve]], means: dict[str, 
             for seed, curve in curves[arm].items():
                 writer.writerows([arm, seed, step, value] for step, value in curve)
             writer.writerows([arm, "mean", step, value] for step, value in means[arm])
+
+
+# --------------------------------------------------------------------------------------------
+# Report
+# --------------------------------------------------------------------------------------------
+
+
+def report(result: dict[str, Any], out_dir: Path) -> tuple[Any, list[str]]:
+    """The curve table (rich) and the summary lines ``layersync bench convergence`` prints."""
+    from rich.table import Table
+
+    s = result["summary"]
+    p = s["paired"]
+    table = Table(title=f"bench convergence: {result['metric']} ({out_dir})")
+    for column in ("step", "vanilla", "layersync", "paired gain (95% CI)"):
+        table.add_column(column, justify="right")
+    ls_mean = dict(result["mean"]["layersync"])
+    gains = {row["step"]: paired.from_dict(row["relative_gain"]) for row in p["per_step"]}
+    for step, value in result["mean"]["vanilla"]:
+        g = gains.get(step)
+        cell = "" if g is None else _short(g)
+        table.add_row(str(step), f"{value:.4f}", f"{ls_mean.get(step, float('nan')):.4f}", cell)
+    better = "lower" if result["lower_is_better"] else "higher"
+    final = paired.from_dict(p["final_relative_gain"])
+    lines = [
+        f"seeds {result['seeds']}, {result['metric']} ({better} is better), step "
+        f"{p['final_step']}: vanilla {s['vanilla_final']:.4f}, LayerSync "
+        f"{s['layersync_final']:.4f}",
+        f"final gain (paired per seed): {final.describe(100, '%')}",
+        f"LayerSync better at the last two evaluations {p['last_two_steps']} in every seed: "
+        f"{'yes' if p['better_at_last_two_in_every_seed'] else 'no'}",
+    ]
+    if p.get("speedup") is not None:
+        speed = paired.from_dict(p["speedup"])
+        lines.append(
+            "speed-up to the vanilla final value (per seed, interpolated): x"
+            + speed.describe(signed=False)
+        )
+    else:
+        missed = ", ".join(p.get("speedup_not_reached_seeds", []))
+        lines.append(
+            f"speed-up: none; LayerSync did not reach vanilla's final value (seed {missed})"
+        )
+    noise = result.get("sampling_noise")
+    if noise:
+        lines.append(finaleval.noise_line(noise))
+    if result.get("final_eval"):
+        lines += finaleval.final_lines(result["final_eval"])
+    png = ", convergence.png" if "plot" in result else ""
+    lines.append(f"wrote {out_dir / 'convergence.json'}, convergence.csv{png}")
+    return table, lines
+
+
+def _short(e: paired.Estimate) -> str:
+    if e.n < 2:
+        return f"{100 * e.mean:+.2f}% (n=1)"
+    mark = "" if e.detectable else " ns"
+    return f"{100 * e.mean:+.2f}% [{100 * e.lo:+.2f}, {100 * e.hi:+.2f}]{mark}"

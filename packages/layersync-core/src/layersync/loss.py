@@ -19,16 +19,18 @@ Three-line use in any training loop::
 
 from __future__ import annotations
 
-import math
-import re
-import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
+from layersync.config import (  # noqa: F401
+    LayerPair,
+    LayerSyncHeuristicWarning,
+    parse_pairs,
+    validate_pairs,
+)
 from layersync.taps import FeatureTaps, TokenView, tap_names
 
 # --------------------------------------------------------------------------------------------
@@ -36,79 +38,8 @@ from layersync.taps import FeatureTaps, TokenView, tap_names
 # --------------------------------------------------------------------------------------------
 
 
-@dataclass(frozen=True, order=True)
-class LayerPair:
-    """``student <- teacher``: block ``student`` is pulled toward block ``teacher`` (1-based)."""
-
-    student: int
-    teacher: int
-
-    def __str__(self) -> str:
-        return f"{self.student}<-{self.teacher}"
-
-
-_PAIR_RE = re.compile(r"^\s*(\d+)\s*<-\s*(\d+)\s*$")
-
-
-def parse_pairs(spec: str | Sequence[str | tuple[int, int] | LayerPair]) -> list[LayerPair]:
-    """Parse ``"8<-16"``, ``"4<-8, 6<-10"``, ``[(8, 16)]`` or ``["8<-16"]`` into pairs."""
-    items = spec.split(",") if isinstance(spec, str) else list(spec)
-    pairs = []
-    for item in items:
-        if isinstance(item, LayerPair):
-            pairs.append(item)
-        elif isinstance(item, str):
-            match = _PAIR_RE.match(item)
-            if not match:
-                raise ValueError(
-                    f"bad layer pair {item.strip()!r}: expected 'student<-teacher', e.g. '8<-16'"
-                )
-            pairs.append(LayerPair(int(match[1]), int(match[2])))
-        else:
-            student, teacher = item
-            pairs.append(LayerPair(int(student), int(teacher)))
-    if not pairs:
-        raise ValueError("no layer pair given: expected e.g. '8<-16'")
-    return pairs
-
-
-def validate_pairs(pairs: Sequence[LayerPair], depth: int, *, warn: bool = True) -> None:
-    """Check pairs against the model depth; warn where they leave the paper's heuristic.
-
-    Errors: student >= teacher (the reference code's self-alignment has zero gradient), an
-    index outside ``1..depth``, duplicate pairs. Warnings: teacher in the last ~20% of blocks
-    (they decode rather than represent), student in the very first blocks, a gap under ~10%.
-    """
-    seen = set()
-    for p in pairs:
-        if not (1 <= p.student <= depth and 1 <= p.teacher <= depth):
-            raise ValueError(f"layer pair {p}: blocks must be in 1..{depth} for this model")
-        if p.student >= p.teacher:
-            raise ValueError(
-                f"layer pair {p}: the student block must be shallower than the teacher "
-                "(student < teacher)"
-            )
-        if p in seen:
-            raise ValueError(f"layer pair {p} is given twice")
-        seen.add(p)
-        if not warn:
-            continue
-        if p.teacher > math.ceil(0.8 * depth):
-            _warn(f"teacher {p.teacher} is in the last 20% of the {depth} blocks (they decode)")
-        if p.student <= max(1, depth // 10):
-            _warn(f"student {p.student} is one of the very first of {depth} blocks")
-        if p.teacher - p.student < max(2, depth // 10):
-            _warn(f"pair {p} has a small gap; the paper uses about a third of the depth")
-
-
-def _warn(message: str) -> None:
-    warnings.warn(f"LayerSync heuristic: {message}", LayerSyncHeuristicWarning, stacklevel=3)
-
-
-class LayerSyncHeuristicWarning(UserWarning):
-    """A pair that is valid but outside the paper's recommendations."""
-
-
+# Parsed and validated in one place, layersync.config (torch-free, shared by config validation,
+# --dry-run, train, probe and bench); re-exported here for `from layersync.loss import ...`.
 # --------------------------------------------------------------------------------------------
 # The alignment term
 # --------------------------------------------------------------------------------------------
@@ -121,9 +52,18 @@ def token_cosine(student: torch.Tensor, teacher: torch.Tensor) -> torch.Tensor:
             f"student and teacher features differ in shape: {tuple(student.shape)} vs "
             f"{tuple(teacher.shape)}; use a view that maps both to (B, T, D)"
         )
-    s = F.normalize(student.float(), dim=-1, eps=1e-6)
-    t = F.normalize(teacher.detach().float(), dim=-1, eps=1e-6)
-    return (s * t).sum(-1)
+    return _cosine_parts(student, teacher)[0]
+
+
+def _cosine_parts(
+    student: torch.Tensor, teacher: torch.Tensor
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    """(cosine, student norms, teacher norms, dot products), all ``(B, T)`` float32."""
+    s, t = student.float(), teacher.detach().float()
+    # = (normalize(s) * normalize(t)).sum(-1) with normalize's eps, without writing two
+    # normalised (B, T, D) copies: the dot product is divided by the (B, T) norms instead
+    ns, nt, dot = s.norm(dim=-1), t.norm(dim=-1), (s * t).sum(-1)
+    return dot / (ns.clamp_min(1e-6) * nt.clamp_min(1e-6)), ns, nt, dot
 
 
 def masked_mean(
@@ -145,6 +85,39 @@ def alignment_loss(
 ) -> torch.Tensor:
     """``-cos(student, sg(teacher))`` averaged over valid tokens ``mask`` (B, T) and batch."""
     return -masked_mean(token_cosine(student, teacher), mask)
+
+
+# --------------------------------------------------------------------------------------------
+# Block diagnostics (cheap, from the features the taps hold; logged next to cos/<pair>)
+# --------------------------------------------------------------------------------------------
+
+SHORTCUT_COS = 0.99
+SHORTCUT_GROWTH = 2.0
+
+
+# Both come from the (B, T) token norms and dot products the term computes anyway: no extra
+# pass over the (B, T, D) features, since ||t - s||^2 = ||s||^2 + ||t||^2 - 2 s.t per token.
+
+
+@torch.no_grad()
+def block_diagnostics(
+    s_norm: torch.Tensor,
+    t_norm: torch.Tensor,
+    dot: torch.Tensor,
+    dim: int,
+    mask: torch.Tensor | None = None,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """(student RMS, teacher RMS, relative update) over valid tokens, from the ``(B, T)``
+    token norms and dot products of a pair with ``dim`` channels.
+
+    RMS is over tokens and channels; the relative update is
+    ``||h_teacher - h_student|| / ||h_student||``: how much the blocks between student and
+    teacher still change the residual stream (0 = they do nothing)."""
+    s2 = masked_mean(s_norm.detach().square(), mask)
+    t2 = masked_mean(t_norm.square(), mask)
+    st = masked_mean(dot.detach(), mask)
+    rel = ((s2 + t2 - 2 * st).clamp_min(0) / s2.clamp_min(1e-12)).sqrt()
+    return (s2 / dim).sqrt(), (t2 / dim).sqrt(), rel
 
 
 # --------------------------------------------------------------------------------------------
@@ -197,7 +170,8 @@ class LayerSync:
         model: the backbone (wrapped or not).
         pairs: ``"8<-16"``, ``"4<-8,6<-12"`` or a sequence of pairs (1-based block indices).
         weight: λ, or a ``WeightSchedule``.
-        blocks: the container of blocks (``"blocks"``) or the explicit ordered list of names.
+        blocks: the container of blocks (``"blocks"``), the explicit ordered list of names, or
+            ``"diffusers"`` for a diffusers transformer (``layersync.backbones.diffusers_blocks``).
         view: optional map from a block output to ``(B, T, D)`` tokens.
         time_range: apply only to samples whose time ``t`` lies in ``[lo, hi]`` (needs ``t``).
         warn: emit heuristic warnings for unusual pairs.
@@ -213,6 +187,11 @@ class LayerSync:
         time_range: tuple[float, float] | None = None,
         warn: bool = True,
     ) -> None:
+        if isinstance(blocks, str) and blocks == "diffusers":  # a diffusers transformer's blocks
+            from layersync.backbones import diffusers_blocks
+
+            spec = diffusers_blocks(model)
+            blocks, view = spec.names, view or spec.view
         self.block_names = tap_names(blocks, model)
         self.pairs = parse_pairs(pairs)
         validate_pairs(self.pairs, len(self.block_names), warn=warn)
@@ -223,6 +202,9 @@ class LayerSync:
         needed = sorted({i for p in self.pairs for i in (p.student, p.teacher)})
         self.taps = FeatureTaps(model, [self.block_names[i - 1] for i in needed], view)
         self.stats: dict[str, torch.Tensor] = {}
+        self._initial_rms: dict[str, torch.Tensor] | None = None
+        self._warned: set[LayerPair] = set()
+        self._weight: tuple[float, torch.Tensor] | None = None
 
     def __enter__(self) -> LayerSync:
         self.taps.__enter__()
@@ -257,11 +239,14 @@ class LayerSync:
             step: optimizer step for the λ schedule.
 
         After the call ``self.stats`` holds detached diagnostics: ``reg`` (the unweighted
-        term), ``weight`` and ``cos/<pair>`` (mean student-teacher cosine over valid tokens).
+        term), ``weight``, ``cos/<pair>`` (mean student-teacher cosine over valid tokens),
+        ``rel/<pair>`` and ``rms/<block>`` (1-based; ``block_diagnostics``).
         """
         reg = self.regularizer(mask, t)
         weight = self.weight_at(step)
-        self.stats["weight"] = torch.tensor(weight)
+        if self._weight is None or self._weight[0] != weight:  # a new tensor only on change
+            self._weight = (weight, torch.tensor(weight))
+        self.stats["weight"] = self._weight[1]
         return reg * weight
 
     def regularizer(
@@ -274,13 +259,43 @@ class LayerSync:
         for p in self.pairs:
             student = feats[self.block_names[p.student - 1]]
             teacher = feats[self.block_names[p.teacher - 1]]
-            cos = token_cosine(student, teacher)
-            terms.append(-masked_mean(cos, gate, count))
-            stats[f"cos/{p}"] = masked_mean(cos.detach(), mask)
-        reg = torch.stack(terms).mean()
+            cos, s_norm, t_norm, dot = _cosine_parts(student, teacher)
+            term = -masked_mean(cos, gate, count)
+            terms.append(term)
+            # without time gating the logged cosine is the term itself: no second reduction
+            ungated = self.time_range is None
+            stats[f"cos/{p}"] = -term.detach() if ungated else masked_mean(cos.detach(), mask)
+            rms_s, rms_t, stats[f"rel/{p}"] = block_diagnostics(
+                s_norm, t_norm, dot, student.shape[-1], mask
+            )
+            stats.setdefault(f"rms/{p.student}", rms_s)
+            stats.setdefault(f"rms/{p.teacher}", rms_t)
+        if self._initial_rms is None:  # the first step's norms: the shortcut warning's baseline
+            self._initial_rms = {k: v for k, v in stats.items() if k.startswith("rms/")}
+        reg = terms[0] if len(terms) == 1 else torch.stack(terms).mean()
         stats["reg"] = reg.detach()
         self.stats = stats
         return reg
+
+    def shortcut_warnings(self, logged: dict[str, float]) -> list[str]:
+        """One line per pair (once per run) when its logged cosine is > 0.99 while the
+        student block's RMS has grown more than 2x since the first step: the term is being
+        satisfied by inflating the student's norm and collapsing the blocks between student and
+        teacher, not by better features (see ``layersync probe`` and ``rel/<pair>``)."""
+        lines = []
+        for p in self.pairs:
+            key, rms = f"cos/{p}", f"rms/{p.student}"
+            if p in self._warned or key not in logged or rms not in logged:
+                continue
+            start = float((self._initial_rms or {}).get(rms, float("nan")))
+            if logged[key] > SHORTCUT_COS and logged[rms] > SHORTCUT_GROWTH * start:
+                self._warned.add(p)
+                lines.append(
+                    f"warning: pair {p}: cos {logged[key]:.3f} > {SHORTCUT_COS} while block "
+                    f"{p.student}'s RMS grew {logged[rms] / start:.1f}x (> {SHORTCUT_GROWTH}x): "
+                    "the term is met by norm growth, not by better features"
+                )
+        return lines
 
     def _gate(
         self, mask: torch.Tensor | None, t: torch.Tensor | None, like: torch.Tensor

@@ -42,7 +42,8 @@ def plot_probe(runs: Mapping[str, Mapping[str, Any]], path: Path) -> Path:
     n = len(runs)
     fig, axes = plt.subplots(1, n + 1, figsize=(4.6 * (n + 1), 4.0), squeeze=False)
     ax = axes[0][0]
-    for label, r in runs.items():
+    labelled = {label: r for label, r in runs.items() if r.get("accuracy") is not None}
+    for label, r in labelled.items():
         x = list(range(1, len(r["accuracy"]) + 1))
         ax.errorbar(
             x, r["accuracy"], yerr=r.get("accuracy_std"), marker="o", capsize=3, label=label
@@ -53,9 +54,12 @@ def plot_probe(runs: Mapping[str, Mapping[str, Any]], path: Path) -> Path:
     ax.set_xlabel("block")
     ax.set_ylabel("linear-probe accuracy")
     ax.set_title("linear probe per block")
-    ax.set_xticks(list(range(1, len(first["accuracy"]) + 1)))
+    ax.set_xticks(list(range(1, len(first["cka"]) + 1)))
     ax.grid(alpha=0.3)
-    ax.legend(fontsize=8)
+    if labelled:
+        ax.legend(fontsize=8)
+    else:  # probe_forward gave no labels: say so where the curves would be
+        ax.text(0.5, 0.5, "no labels: no linear probe", ha="center", transform=ax.transAxes)
     for k, (label, r) in enumerate(runs.items(), start=1):
         ax = axes[0][k]
         cka = r["cka"]
@@ -86,10 +90,12 @@ def plot_convergence(
     metric: str,
     means: Mapping[str, Sequence[tuple[int, float]]] | None = None,
     lower_is_better: bool = True,
+    bands: Mapping[str, Sequence[tuple[int, float, float]]] | None = None,
 ) -> Path:
     """Metric vs steps: one thin line per (arm, seed), the arm's mean in bold.
 
-    ``curves[arm][seed]`` is a list of ``(step, value)``; ``means[arm]`` the mean curve.
+    ``curves[arm][seed]`` is a list of ``(step, value)``; ``means[arm]`` the mean curve;
+    ``bands[arm]`` ``(step, lo, hi)`` the 95% interval of that mean (shaded, n >= 2 seeds).
     """
     plt = pyplot()
     fig, ax = plt.subplots(figsize=(6.4, 4.2))
@@ -102,11 +108,40 @@ def plot_convergence(
         if means and means.get(arm):
             steps, values = zip(*means[arm], strict=True)
             ax.plot(steps, values, color=color, lw=2.6, marker="o", ms=3, label=f"{arm} mean")
+        if bands and bands.get(arm):
+            steps, lo, hi = zip(*bands[arm], strict=True)
+            ax.fill_between(steps, lo, hi, color=color, alpha=0.18, lw=0, label=f"{arm} 95% CI")
     ax.set_xlabel("training step")
     ax.set_ylabel(f"{metric} ({'lower' if lower_is_better else 'higher'} is better)")
     ax.set_title(f"convergence: {metric}")
     ax.grid(alpha=0.3)
     ax.legend(fontsize=7, ncol=2)
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+    return path
+
+
+def plot_diagnostics(runs: Mapping[str, Mapping[str, Any]], path: Path) -> Path:
+    """Block diagnostics vs steps: residual RMS per tapped block (left), relative update
+    ``||h_teacher - h_student|| / ||h_student||`` (middle) and cosine (right) per pair;
+    ``runs[label]`` is ``layersync.probe.diagnostics_curves`` of one run."""
+    plt = pyplot()
+    fig, axes = plt.subplots(1, 3, figsize=(13, 3.8))
+    titles = {"rms": "block output RMS", "rel": "relative update (teacher vs student)",
+              "cos": "cos(student, teacher)"}  # fmt: skip
+    styles = ["-", "--", ":", "-."]
+    for ax, kind in zip(axes, ("rms", "rel", "cos"), strict=True):
+        for r, (label, curves) in enumerate(runs.items()):
+            for i, (name, points) in enumerate(sorted(curves[kind].items())):
+                steps, values = zip(*points, strict=True)
+                ax.plot(steps, values, styles[r % 4], color=f"C{i}", label=f"{label} {name}")
+        ax.set_title(titles[kind], fontsize=9)
+        ax.set_xlabel("training step")
+        ax.grid(alpha=0.3)
+        if ax.lines:
+            ax.legend(fontsize=6)
     fig.tight_layout()
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path, dpi=120)

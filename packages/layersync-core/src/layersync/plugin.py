@@ -9,6 +9,11 @@ A plugin is an instance of a ``Modality`` subclass exposed through the entry-poi
 The engine only ever talks to a plugin through this class. ``cfg`` below is the resolved run
 config: the core sections (``run``, ``train``, ``layersync``, ...) plus the plugin's own sections
 declared by ``config_model`` (conventionally ``data``, ``model``, ``sampler``, ``metric``).
+
+Time convention (one for every plugin): ``t`` is ``layersync.flow``'s time, in [0, 1], with
+t = 1 the clean data and t = 0 pure noise. A discrete diffusion objective at step s of T reports
+t = 1 - s / T. ``layersync.time_range``, ``ObjectiveOutput.t``, ``Objective.loss_at`` and
+``layersync probe --t`` all use it, so one time range gates the same noise levels everywhere.
 """
 
 from __future__ import annotations
@@ -19,12 +24,13 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, ClassVar, Protocol
 
+import numpy as np
 import torch
 from pydantic import BaseModel
 from torch import nn
 from torch.utils.data import Dataset, default_collate
 
-from layersync.taps import TokenView
+from layersync.taps import TokenView, unwrap_model
 
 API_VERSION = 1
 """Bumped when the contract changes incompatibly; plugins declare the version they target."""
@@ -36,7 +42,8 @@ class ObjectiveOutput:
 
     Attributes:
         loss: per-sample diffusion loss ``(B,)`` (the engine takes the mean).
-        t: per-sample time ``(B,)`` in the objective's own convention (for time gating), or None.
+        t: per-sample time ``(B,)`` in the core convention (t=1 clean, t=0 noise; a discrete
+            objective at step s of T reports 1 - s/T), for time gating; or None.
         token_mask: ``(B, T)`` valid-token mask for the tapped features (padding and
             condition tokens excluded), or None when every token counts.
     """
@@ -58,6 +65,32 @@ class Objective(Protocol):
     ) -> ObjectiveOutput: ...
 
 
+class FixedTimeObjective(Objective, Protocol):
+    """An objective that can also be evaluated at a given time and noise (optional).
+
+    ``loss_at`` is what the low-variance ``val_loss`` convergence metric calls: the same
+    per-sample loss as ``__call__``, but at the per-sample time ``t`` ``(B,)`` (core convention)
+    with the given ``noise`` (shaped like the model input) and no condition dropout, so two arms
+    and two checkpoints see identical inputs (common random numbers). A discrete objective maps
+    t to its nearest step. ``noise_like(batch, generator)`` draws noise of the right shape.
+    """
+
+    def loss_at(
+        self, model: nn.Module, batch: Any, t: torch.Tensor, noise: torch.Tensor
+    ) -> ObjectiveOutput: ...
+
+    def noise_like(self, batch: Any, generator: torch.Generator) -> torch.Tensor: ...
+
+
+@dataclass(frozen=True)
+class MetricSpec:
+    """How to read one metric a plugin reports: its direction, and whether it is the primary one
+    (``bench convergence`` and ``eval`` summaries use the primary metric unless told otherwise)."""
+
+    higher_is_better: bool = False
+    primary: bool = False
+
+
 @dataclass(frozen=True)
 class LayerSyncDefaults:
     """The default pair(s) and λ a plugin recommends for a model configuration."""
@@ -77,6 +110,8 @@ class Modality(ABC):
     presets: ClassVar[Mapping[str, Mapping[str, Any]]]
     """Named nested overrides (core and plugin sections). Must contain ``"demo"``."""
     default_preset: ClassVar[str] = "demo"
+    metrics: ClassVar[Mapping[str, MetricSpec]] = {}
+    """The metrics ``evaluate`` reports, by name; exactly one should be ``primary``."""
 
     # -- data and model ---------------------------------------------------------------------
     @abstractmethod
@@ -91,17 +126,40 @@ class Modality(ABC):
     def build_model(self, cfg: Any) -> nn.Module:
         """The backbone, randomly initialised (the engine moves it to the device)."""
 
-    @abstractmethod
     def block_names(self, cfg: Any, model: nn.Module) -> list[str]:
-        """Ordered dotted names of the tappable blocks: the depth axis pairs index (1-based)."""
+        """Ordered dotted names of the tappable blocks: the depth axis pairs index (1-based).
+
+        Default: the children of the model's ``blocks`` ModuleList (``blocks.0``, ``blocks.1``,
+        ...), the DiT/SiT layout; override it for any other layout."""
+        blocks = getattr(unwrap_model(model), "blocks", None)
+        if not isinstance(blocks, (nn.ModuleList, nn.Sequential)) or len(blocks) == 0:
+            raise NotImplementedError(
+                f"modality {self.name!r}: {type(model).__name__} has no `blocks` ModuleList; "
+                "override Modality.block_names to list the tappable blocks"
+            )
+        return [f"blocks.{i}" for i in range(len(blocks))]
 
     def token_view(self, cfg: Any) -> TokenView | None:
         """Maps a block output to ``(B, T, D)``; None when blocks already output that."""
         return None
 
-    @abstractmethod
     def default_layersync(self, cfg: Any) -> LayerSyncDefaults:
-        """Recommended pair(s) and λ for this model configuration."""
+        """Recommended pair(s) and λ for this model configuration.
+
+        Default: the paper's SiT-XL/2 choice scaled to the model's depth D,
+        ``depth_ratio_pairs(D)``, i.e. round(8 D / 28) <- round(16 D / 28), with λ = 0.2. D is
+        counted by building the model once per config (on the CPU, without touching any RNG
+        stream); override this method when building the model is expensive."""
+        key = cfg.model_dump_json() if hasattr(cfg, "model_dump_json") else repr(cfg)
+        depths = self.__dict__.setdefault("_default_depths", {})
+        if key not in depths:
+            # a real build, not one on the "meta" device: build_model may load or cache data
+            # and weights (metric networks, data statistics) that must stay usable
+            with torch.random.fork_rng(devices=[]), torch.no_grad():
+                model = self.build_model(cfg)
+            depths[key] = len(self.block_names(cfg, model))
+            del model
+        return LayerSyncDefaults(pairs=depth_ratio_pairs(depths[key]), weight=0.2)
 
     # -- training objective -----------------------------------------------------------------
     @abstractmethod
@@ -119,9 +177,27 @@ class Modality(ABC):
     ) -> Any:
         """Generate ``n`` samples with ``model`` (in eval mode) for ``condition``."""
 
-    @abstractmethod
     def write_samples(self, samples: Any, out_dir: Path, cfg: Any, prefix: str = "") -> list[Path]:
-        """Decode and write samples (PNG / WAV / GIF...) into ``out_dir``; return the paths."""
+        """Decode and write samples (PNG / WAV / GIF...) into ``out_dir``; return the paths.
+
+        Default: one ``.npy`` file per sample (``<prefix>-0000.npy``, or ``0000.npy`` without a
+        prefix) from a tensor/array with the samples on the first axis, or a list of them."""
+        if not (torch.is_tensor(samples) or isinstance(samples, (np.ndarray, list, tuple))):
+            raise TypeError(
+                f"modality {self.name!r}: the default write_samples takes a tensor, an array or a "
+                f"list of them, not {type(samples).__name__}; override Modality.write_samples"
+            )
+        out_dir = Path(out_dir)
+        out_dir.mkdir(parents=True, exist_ok=True)
+        paths = []
+        for i, item in enumerate(samples):
+            path = out_dir / (f"{prefix}-{i:04d}.npy" if prefix else f"{i:04d}.npy")
+            if torch.is_tensor(item):
+                item = item.detach().cpu()
+                item = (item.float() if item.dtype == torch.bfloat16 else item).numpy()
+            np.save(path, np.asarray(item))
+            paths.append(path)
+        return paths
 
     def merge_samples(self, parts: list[Path], out_dir: Path, cfg: Any) -> list[Path]:
         """Combine the per-batch outputs of ``write_samples`` (in order) into ``out_dir``.
@@ -162,6 +238,16 @@ class Modality(ABC):
     def commands(self) -> Any:
         """Optional modality-specific commands: a ``typer.Typer`` run as ``layersync <name> ...``."""
         return None
+
+
+def depth_ratio_pairs(depth: int) -> str:
+    """The paper's SiT-XL/2 pair 8<-16 of 28 blocks scaled to ``depth`` blocks (1-based):
+    ``round(8 D / 28) <- round(16 D / 28)``, kept at least one block apart (needs D >= 2)."""
+    if depth < 2:
+        raise ValueError(f"LayerSync needs at least 2 blocks to pair, got {depth}")
+    student = min(depth - 1, max(1, round(8 * depth / 28)))
+    teacher = min(depth, max(student + 1, round(16 * depth / 28)))
+    return f"{student}<-{teacher}"
 
 
 def missing_members(obj: object) -> list[str]:

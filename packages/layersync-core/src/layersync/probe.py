@@ -19,6 +19,7 @@ from __future__ import annotations
 import math
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -36,11 +37,12 @@ CKA_KIND = "linear CKA (Kornblith et al. 2019), biased HSIC estimator on centred
 
 @dataclass
 class BlockFeatures:
-    """Mean-pooled features ``(N, D)`` of every block, and the labels ``(N,)``."""
+    """Mean-pooled features ``(N, D)`` of every block, and the labels ``(N,)`` (None when the
+    plugin's ``probe_forward`` gives no labels: unlabelled data, text conditions)."""
 
     blocks: list[str]
     features: list[torch.Tensor]
-    labels: torch.Tensor
+    labels: torch.Tensor | None
 
 
 def pool_tokens(x: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
@@ -66,7 +68,7 @@ def collect_features(
 ) -> BlockFeatures:
     """Run ``samples`` items of ``dataset`` (a seeded subset; all when None) through ``model`` at
     time ``t`` and return the pooled output of every block of ``plugin.block_names``."""
-    from layersync.train.data import to_device
+    from layersync.train.data import to_device  # the engine's public batch mover
 
     device = next(model.parameters()).device
     model.eval()
@@ -86,8 +88,11 @@ def collect_features(
         out = taps.pop()
         for i, name in enumerate(blocks):
             feats[i].append(pool_tokens(out[name], mask).cpu())
-        labels.append(torch.as_tensor(y).long().cpu())
-    return BlockFeatures(blocks, [torch.cat(f) for f in feats], torch.cat(labels))
+        labels.append(None if y is None else torch.as_tensor(y).long().cpu())
+    has_labels = all(y is not None for y in labels)
+    return BlockFeatures(
+        blocks, [torch.cat(f) for f in feats], torch.cat(labels) if has_labels else None
+    )
 
 
 # --------------------------------------------------------------------------------------------
@@ -284,21 +289,179 @@ def suggest_pair(
 # --------------------------------------------------------------------------------------------
 
 
+NO_LABELS = (
+    "no linear probe: the plugin's probe_forward returned no labels (unlabelled data or text "
+    "conditions); CKA and the pair suggestion only"
+)
+
+
 def analyse(
     feats: BlockFeatures, *, folds: int = 5, steps: int = 100, seed: int = 0
 ) -> dict[str, Any]:
-    """Probe accuracies and the CKA matrix of one run's features."""
+    """Probe accuracies (when there are labels) and the CKA matrix of one run's features."""
+    result: dict[str, Any] = {
+        "blocks": feats.blocks,
+        "samples": len(feats.features[0]),
+        "cka": cka_matrix(feats.features),
+    }
+    if feats.labels is None:
+        return {**result, "accuracy": None, "accuracy_std": None, "note": NO_LABELS}
     accs = [
         probe_accuracy(f, feats.labels, folds=folds, steps=steps, seed=seed) for f in feats.features
     ]
     classes = int(feats.labels.max()) + 1
     counts = torch.bincount(feats.labels, minlength=classes).double()
     return {
-        "blocks": feats.blocks,
-        "samples": len(feats.labels),
+        **result,
         "classes": classes,
         "majority_baseline": float(counts.max() / counts.sum()),
         "accuracy": [a for a, _ in accs],
         "accuracy_std": [s for _, s in accs],
-        "cka": cka_matrix(feats.features),
     }
+
+
+# --------------------------------------------------------------------------------------------
+# The report of ``layersync probe`` (one run, or two compared on the same samples)
+# --------------------------------------------------------------------------------------------
+
+PROBE_METHOD = (
+    "multinomial logistic regression (torch L-BFGS, 100 iterations, L2 1e-3) on standardised "
+    "mean-pooled block outputs; k-fold cross-validated accuracy"
+)
+
+
+@dataclass
+class LoadedRun:
+    """A run to probe: where it came from, its plugin, config, model (EMA) and checkpoint."""
+
+    target: str
+    run_dir: str
+    checkpoint: str
+    plugin: Modality
+    cfg: Any
+    model: nn.Module
+
+
+def probe_report(
+    runs: Sequence[LoadedRun],
+    *,
+    t: float = 0.5,
+    samples: int | None = None,
+    split: str = "eval",
+    folds: int = 5,
+    seed: int = 0,
+    suggest_pairs: bool = False,
+) -> dict[str, Any]:
+    """Features of every run on the same samples, their analysis, the cross-CKA of two runs and
+    (optionally) a pair suggestion for the first: the content of ``probe.json``."""
+    from layersync.config import effective_layersync
+
+    if split not in ("eval", "train"):
+        raise ValueError(f"--split {split!r}: use eval or train")
+    results: dict[str, dict[str, Any]] = {}
+    features = []
+    for run in runs:
+        feats = collect_features(
+            run.plugin,
+            run.cfg,
+            run.model,
+            run.plugin.build_dataset(run.cfg, split),
+            t=t,
+            samples=samples,
+            seed=seed,
+        )
+        result = analyse(feats, folds=folds, seed=seed)
+        found = effective_layersync(run.cfg, run.plugin, run.model, warn=False)
+        label = Path(run.run_dir).name
+        while label in results:
+            label += "'"
+        result.update(
+            run=run.target,
+            checkpoint=run.checkpoint,
+            modality=run.plugin.name,
+            layersync_pairs=None if found is None else ",".join(map(str, found[0])),
+        )
+        results[label] = result
+        features.append(feats.features)
+    report: dict[str, Any] = {
+        "t": t,
+        "split": split,
+        "folds": folds,
+        "seed": seed,
+        "cka_kind": CKA_KIND,
+        "probe": PROBE_METHOD,
+        "runs": results,
+    }
+    if len(features) == 2:
+        report["cross_cka"] = cka_matrix(features[0], features[1])
+    if suggest_pairs:
+        first = next(iter(results.values()))
+        s = suggest_pair(first["cka"], first["accuracy"])
+        report["suggestion"] = {"pair": s.pair, "reasoning": s.reasoning}
+    return report
+
+
+def report_table(report: dict[str, Any]) -> Any:
+    """The per-block table (probe accuracy, CKA with the last block) of a probe report."""
+    from rich.table import Table
+
+    results = report["runs"]
+    labels = list(results)
+    first = results[labels[0]]
+    table = Table(
+        title=f"layersync probe: t = {report['t']}, {first['samples']} {report['split']} samples"
+    )
+    table.add_column("block", justify="right")
+    for label in labels:
+        table.add_column(f"probe acc {label}", justify="right")
+        table.add_column(f"CKA(block, last) {label}", justify="right")
+    for b in range(max(len(r["blocks"]) for r in results.values())):
+        row = [str(b + 1)]
+        for label in labels:
+            r = results[label]
+            if b >= len(r["blocks"]):  # a shallower model in the comparison
+                row += ["-", "-"]
+                continue
+            acc = (
+                "-"
+                if r["accuracy"] is None
+                else (f"{r['accuracy'][b]:.3f} ± {r['accuracy_std'][b]:.3f}")
+            )
+            row += [acc, f"{r['cka'][b][-1]:.3f}"]
+        table.add_row(*row)
+    means = []
+    for label in labels:
+        acc = results[label]["accuracy"]
+        means += ["-" if acc is None else f"{sum(acc) / max(1, len(acc)):.3f}", ""]
+    table.add_row("mean", *means)
+    return table
+
+
+def notes(report: dict[str, Any]) -> list[str]:
+    """Why a run has no linear probe, one line per such run."""
+    return [f"{label}: {r['note']}" for label, r in report["runs"].items() if r.get("note")]
+
+
+# --------------------------------------------------------------------------------------------
+# Block diagnostics logged during training (rms/<block>, rel/<pair> next to cos/<pair>)
+# --------------------------------------------------------------------------------------------
+
+
+def diagnostics_curves(run_dir: str | Path) -> dict[str, dict[str, list[tuple[int, float]]]]:
+    """``{"rms": {block: curve}, "rel": {pair: curve}, "cos": {pair: curve}}`` from the train
+    lines of a run's metrics.jsonl (empty dicts for a run that logged none, e.g. vanilla)."""
+    import json
+
+    out: dict[str, dict[str, list[tuple[int, float]]]] = {"rms": {}, "rel": {}, "cos": {}}
+    path = Path(run_dir) / "metrics.jsonl"
+    if not path.is_file():
+        return out
+    for line in path.read_text().splitlines():
+        record = json.loads(line)
+        if record.get("kind") != "train":
+            continue
+        for key, value in record.items():
+            kind, _, name = key.partition("/")
+            if kind in out and name:
+                out[kind].setdefault(name, []).append((int(record["step"]), float(value)))
+    return out

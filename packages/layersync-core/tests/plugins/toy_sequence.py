@@ -3,7 +3,8 @@
 - a sequence-first ``nn.TransformerEncoder`` whose layer outputs are ``(T+1, B, D)`` with a
   condition token at index 0;
 - variable-length sequences padded to a fixed length (padding mask);
-- an x0-predicting discrete Gaussian diffusion (not flow matching), t reported in [0, 1].
+- an x0-predicting discrete Gaussian diffusion (not flow matching), reporting the core time
+  convention: step s of T is t = 1 - s/T (t = 1 clean, toward 0 the noise).
 
 Data: class-conditional 4-channel sinusoids of random length 6..12 frames.
 """
@@ -20,7 +21,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from torch import nn
 from torch.utils.data import Dataset
 
-from layersync.plugin import LayerSyncDefaults, Modality, ObjectiveOutput
+from layersync.plugin import LayerSyncDefaults, MetricSpec, Modality, ObjectiveOutput
 from layersync.taps import TokenView, sequence_first
 
 MAX_LEN, FEATS, NUM_CLASSES, DIFFUSION_STEPS = 12, 4, 3, 50
@@ -111,7 +112,8 @@ class X0Diffusion:
         pred = model(ab.sqrt() * x0 + (1 - ab).sqrt() * noise, steps, y, mask)
         m = mask.unsqueeze(-1).float()
         loss = ((pred.float() - x0) ** 2 * m).sum((1, 2)) / (m.sum((1, 2)) * FEATS)
-        return ObjectiveOutput(loss=loss, t=steps.float() / DIFFUSION_STEPS, token_mask=mask)
+        t = 1.0 - steps.float() / DIFFUSION_STEPS  # the core convention: t = 1 is clean data
+        return ObjectiveOutput(loss=loss, t=t, token_mask=mask)
 
     @torch.no_grad()
     def sample(self, model, y, mask, generator):
@@ -132,6 +134,7 @@ class ToySequence(Modality):
     name = "toy-sequence"
     description = "test plugin: MDM-shaped sequence-first x0 diffusion"
     config_model = ToySequenceConfig
+    metrics = {"template_mse": MetricSpec(higher_is_better=False, primary=True)}
     presets = {
         "demo": {
             "train": {"steps": 200, "batch_size": 32, "lr": 1e-3},

@@ -1,5 +1,6 @@
 """Stochastic-interpolant objective (Linear/GVP/VP; velocity/noise/score) and samplers."""
 
+from .objective import FlowObjective
 from .samplers import CountingFn, guided, ode_nfe, sample_ode, sample_sde, sde_nfe
 from .transport import (
     PATHS,
@@ -18,6 +19,7 @@ __all__ = [
     "PATHS",
     "PREDICTIONS",
     "CountingFn",
+    "FlowObjective",
     "GVPPath",
     "LinearPath",
     "Transport",

@@ -11,8 +11,69 @@ from __future__ import annotations
 from collections.abc import Callable, Iterator
 from typing import Any
 
+import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset, Sampler
+
+# -----------------------------------------------------------------------------
+# Per-item seeded randomness (crops, flips, clip starts, caption choices)
+
+
+def item_generator(seed: int, epoch: int, index: int) -> torch.Generator:
+    """A generator seeded from ``(seed, epoch, index)`` (numpy's SeedSequence mixing)."""
+    state = np.random.SeedSequence([int(seed), int(epoch), int(index)]).generate_state(
+        1, np.uint64
+    )[0]
+    return torch.Generator().manual_seed(int(state))
+
+
+class SeededDataset(Dataset):
+    """Base for datasets with random per-item draws that resume exactly.
+
+    With an integer ``seed``, item ``i`` in epoch ``e`` draws from ``self.generator(i)``, seeded
+    from ``(seed, e, i)``: the same result whatever the worker count, rank or visiting order.
+    The engine calls ``set_epoch(e)`` at every epoch (like ``DistributedSampler``). With
+    ``seed=None`` draws come from torch's global RNG (``generator`` returns None).
+    """
+
+    def __init__(self, seed: int | None = None) -> None:
+        if seed is not None and seed < 0:
+            raise ValueError(f"seed must be a non-negative integer, got {seed}")
+        self.seed = seed
+        self.epoch = 0
+
+    def set_epoch(self, epoch: int) -> None:
+        """Select the epoch whose per-item draws ``generator`` gives."""
+        self.epoch = int(epoch)
+
+    def generator(self, index: int) -> torch.Generator | None:
+        """The generator item ``index`` draws from; None (global RNG) when ``seed`` is None."""
+        return None if self.seed is None else item_generator(self.seed, self.epoch, index)
+
+
+def give_run_seed(dataset: Dataset, seed: int) -> Dataset:
+    """A :class:`SeededDataset` built without a seed gets the run's: its per-item draws are then
+    keyed by (seed, epoch, index), identical for any worker count and after a mid-epoch resume
+    (global-RNG draws in DataLoader workers are neither)."""
+    if _seeded_kind(dataset) and dataset.seed is None:  # type: ignore[attr-defined]
+        dataset.seed = int(seed)  # type: ignore[attr-defined]
+    return dataset
+
+
+def _seeded_kind(dataset: Dataset) -> bool:
+    """A SeededDataset, or a dataset with the same contract (``seed``, ``set_epoch``,
+    ``generator(i)``) that does not derive from it (the image plugin's datasets)."""
+    if isinstance(dataset, SeededDataset):
+        return True
+    return (
+        hasattr(dataset, "seed")
+        and callable(getattr(dataset, "set_epoch", None))
+        and callable(getattr(dataset, "generator", None))
+    )
+
+
+# -----------------------------------------------------------------------------
+# The resumable stream
 
 
 class EpochSampler(Sampler[list[int]]):
@@ -93,7 +154,10 @@ class DataStream:
             num_workers=self.num_workers,
             pin_memory=torch.cuda.is_available(),
             persistent_workers=False,
-            generator=torch.Generator().manual_seed(self.seed * 1000 + self.epoch),
+            # the workers' base seed: per rank, so global-RNG draws differ across ranks
+            generator=torch.Generator().manual_seed(
+                int(np.random.SeedSequence([self.seed, self.epoch, self.rank]).generate_state(1)[0])
+            ),
         )
         return iter(loader)
 

@@ -1,10 +1,12 @@
-"""Rank-0 observability: JSONL metrics, optional TensorBoard, a rich progress bar."""
+"""Rank-0 observability: JSONL metrics, optional TensorBoard and Weights & Biases, a rich
+progress bar. Every message is printed as plain text (no rich markup: ``cos[2<-4]`` stays)."""
 
 from __future__ import annotations
 
 import json
 import math
 import time
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -17,6 +19,8 @@ from rich.progress import (
     TimeElapsedColumn,
     TimeRemainingColumn,
 )
+
+from layersync.fileio import atomic_write
 
 
 class MetricsLogger:
@@ -34,21 +38,23 @@ class MetricsLogger:
         tensorboard: bool = False,
         progress: bool = True,
         enabled: bool = True,
+        wandb: WandbSettings | None = None,
     ) -> None:
         self.enabled = enabled
-        self.console = Console(stderr=True)
+        self.console = Console(stderr=True, markup=False, highlight=False)
         if enabled:
             _truncate_after(run_dir / "metrics.jsonl", start_step)
         self._jsonl = (run_dir / "metrics.jsonl").open("a") if enabled else None
         self._tb = _tensorboard(run_dir) if (enabled and tensorboard) else None
+        self._wandb = _wandb_run(run_dir, wandb) if (enabled and wandb is not None) else None
         self._bar: Progress | None = None
         if enabled and progress:
             self._bar = Progress(
-                TextColumn("[bold]train"),
+                TextColumn("train", style="bold", markup=False),
                 BarColumn(),
                 MofNCompleteColumn(),
-                TextColumn("{task.fields[status]}"),
-                TextColumn("{task.fields[rate]}"),
+                TextColumn("{task.fields[status]}", markup=False),
+                TextColumn("{task.fields[rate]}", markup=False),
                 TimeElapsedColumn(),
                 TimeRemainingColumn(),
                 console=self.console,
@@ -67,14 +73,28 @@ class MetricsLogger:
         assert self._jsonl is not None
         self._jsonl.write(json.dumps(record) + "\n")
         self._jsonl.flush()
+        finite = {
+            k: v for k, v in metrics.items() if isinstance(v, (int, float)) and math.isfinite(v)
+        }
         if self._tb is not None:
-            for key, value in metrics.items():
-                if isinstance(value, (int, float)) and math.isfinite(value):
-                    self._tb.add_scalar(f"{kind}/{key}", value, step)
+            for key, value in finite.items():
+                self._tb.add_scalar(f"{kind}/{key}", value, step)
+        if self._wandb is not None:
+            self._wandb.log({f"{kind}/{k}": v for k, v in finite.items()}, step=step)
         if self._bar is not None and kind == "train":
             status = _status_line(metrics)
             rate = f"{metrics['it_per_s']:.2f} it/s" if "it_per_s" in metrics else ""
             self._bar.update(self._task, completed=step, status=status, rate=rate)
+
+    def log_images(self, step: int, paths: list[Path], kind: str = "samples") -> None:
+        """Sample grids (PNG) to W&B (JSONL/TensorBoard keep only numbers)."""
+        if self._wandb is None:
+            return
+        import wandb
+
+        images = [wandb.Image(str(p), caption=p.name) for p in paths if p.suffix == ".png"]
+        if images:
+            self._wandb.log({kind: images}, step=step)
 
     def advance(self, step: int) -> None:
         if self._bar is not None:
@@ -94,6 +114,9 @@ class MetricsLogger:
         if self._tb is not None:
             self._tb.close()
             self._tb = None
+        if self._wandb is not None:
+            self._wandb.finish()
+            self._wandb = None
 
 
 def _truncate_after(path: Path, step: int) -> None:
@@ -110,7 +133,7 @@ def _truncate_after(path: Path, step: int) -> None:
         if line.endswith("\n") and record.get("step", 0) <= step:
             kept.append(line)
     if len(kept) < len(lines):
-        path.write_text("".join(kept))
+        atomic_write(path, "".join(kept))
 
 
 def _status_line(metrics: dict[str, Any]) -> str:
@@ -136,3 +159,49 @@ def _tensorboard(run_dir: Path) -> Any:
             "log.tensorboard = true needs TensorBoard: pip install 'layersync-core[tensorboard]'"
         ) from e
     return SummaryWriter(log_dir=str(run_dir / "tensorboard"))
+
+
+# --------------------------------------------------------------------------------------------
+# Weights & Biases (optional: the `wandb` extra; WANDB_MODE=offline works without network)
+# --------------------------------------------------------------------------------------------
+
+WANDB_ID = "wandb_id.txt"
+"""The run directory remembers its W&B run id: a resumed run continues the same W&B run."""
+
+
+@dataclass
+class WandbSettings:
+    project: str
+    name: str
+    config: dict[str, Any] = field(default_factory=dict)
+    entity: str | None = None
+
+
+def require_wandb() -> None:
+    """Fail before anything is written when ``log.wandb = true`` but wandb is missing."""
+    import importlib.util
+
+    if importlib.util.find_spec("wandb") is None:
+        raise ValueError(
+            "log.wandb = true needs Weights & Biases: pip install 'layersync-core[wandb]'"
+        )
+
+
+def _wandb_run(run_dir: Path, settings: WandbSettings) -> Any:
+    import secrets
+
+    import wandb
+
+    id_file = run_dir / WANDB_ID
+    run_id = id_file.read_text().strip() if id_file.is_file() else secrets.token_hex(8)
+    if not id_file.is_file():
+        atomic_write(id_file, run_id + "\n")
+    return wandb.init(
+        project=settings.project,
+        entity=settings.entity,
+        name=settings.name,
+        id=run_id,
+        resume="allow",
+        dir=str(run_dir),
+        config=settings.config,
+    )

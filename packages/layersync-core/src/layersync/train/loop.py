@@ -13,10 +13,6 @@ both the vanilla baseline through this same code path, for A/B runs.
 from __future__ import annotations
 
 import contextlib
-import json
-import math
-import platform
-import shutil
 import signal
 import time
 from collections.abc import Iterator
@@ -35,13 +31,27 @@ from torch.distributed.checkpoint.state_dict import (
 )
 
 from layersync import config as config_lib
+from layersync import distributed as dist
+from layersync import rundir
+from layersync.backends import configure_backends
 from layersync.loss import LayerSync, WeightSchedule
 from layersync.plugin import Modality
+from layersync.rundir import run_dir_of
 from layersync.train import checkpoint as ckpt
-from layersync.train import distributed as dist
-from layersync.train.data import DataStream, to_device
+from layersync.train.data import DataStream, give_run_seed, to_device
 from layersync.train.ema import EMA
-from layersync.train.logging import MetricsLogger
+from layersync.train.logging import MetricsLogger, WandbSettings, require_wandb
+from layersync.train.runtime import (
+    StopFlag,
+    autocast,
+    autocast_dtype,
+    environment,
+    fsdp_no_sync,
+    full_tensor,
+    isolated_rng,
+    lr_factor,
+    seed_everything,
+)
 
 FULL = StateDictOptions(full_state_dict=True, cpu_offload=True)
 EVAL_SEED_OFFSET = 10_000
@@ -49,11 +59,12 @@ EVAL_SEED_OFFSET = 10_000
 
 
 class NonFiniteLossError(RuntimeError):
-    """The loss became NaN/inf; the run stopped without saving the bad state."""
+    """A loss term or the gradient became NaN/inf; the run stopped without saving the bad state
+    (or, with ``train.nonfinite = skip``, after ``train.max_skipped`` consecutive skips)."""
 
 
-class RunDirExistsError(FileExistsError):
-    pass
+class NonFiniteWeightsError(RuntimeError):
+    """Weights to be checkpointed (or loaded) hold NaN/inf: they are never written."""
 
 
 # --------------------------------------------------------------------------------------------
@@ -61,44 +72,14 @@ class RunDirExistsError(FileExistsError):
 # --------------------------------------------------------------------------------------------
 
 
-def run_dir_of(cfg: Any) -> Path:
-    name = cfg.run.name or f"{cfg.modality}-{cfg.preset or 'custom'}"
-    return Path(cfg.run.out_dir) / name
-
-
-def autocast_dtype(precision: str, device: torch.device) -> torch.dtype | None:
-    """None = fp32. ``auto`` is bf16 on CUDA (when supported), fp32 elsewhere."""
-    if precision == "auto":
-        cuda_bf16 = device.type == "cuda" and torch.cuda.is_bf16_supported()
-        return torch.bfloat16 if cuda_bf16 else None
-    return {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": None}[precision]
-
-
-def autocast(device: torch.device, dtype: torch.dtype | None) -> contextlib.AbstractContextManager:
-    if dtype is None:
-        return contextlib.nullcontext()
-    return torch.autocast(device.type, dtype=dtype)
-
-
-def lr_factor(step: int, warmup: int, schedule: str, total: int) -> float:
-    """Multiplier of the base LR: linear warmup, then constant / cosine / linear decay to 0."""
-    if warmup > 0 and step < warmup:
-        return (step + 1) / warmup
-    if schedule == "constant":
-        return 1.0
-    progress = min(1.0, (step - warmup) / max(1, total - warmup))
-    if schedule == "cosine":
-        return 0.5 * (1.0 + math.cos(math.pi * progress))
-    return 1.0 - progress
-
-
 def build_layersync(cfg: Any, plugin: Modality, model: nn.Module) -> LayerSync | None:
-    """The LayerSync term for this run, or None when ``layersync.enabled`` is false."""
-    if not cfg.layersync.enabled:
+    """The LayerSync term for this run, or None when ``layersync.enabled`` is false (pairs and
+    λ from ``layersync.config.effective_layersync``: one code path for every command)."""
+    found = config_lib.effective_layersync(cfg, plugin, model)
+    if found is None:
         return None
-    defaults = plugin.default_layersync(cfg)
+    pairs, weight = found
     ls = cfg.layersync
-    weight = defaults.weight if ls.weight is None else ls.weight
     schedule = WeightSchedule(
         weight=weight,
         kind=ls.schedule,
@@ -109,90 +90,13 @@ def build_layersync(cfg: Any, plugin: Modality, model: nn.Module) -> LayerSync |
     )
     return LayerSync(
         model,
-        pairs=ls.pairs or defaults.pairs,
+        pairs=pairs,
         weight=schedule,
         blocks=plugin.block_names(cfg, model),
         view=plugin.token_view(cfg),
         time_range=ls.time_range,
+        warn=False,  # effective_layersync warned already
     )
-
-
-def seed_everything(seed: int) -> None:
-    import random
-
-    import numpy as np
-
-    random.seed(seed)
-    np.random.seed(seed % 2**32)
-    torch.manual_seed(seed)
-
-
-def environment(info: dist.DistInfo, plugin: Modality) -> dict[str, Any]:
-    from importlib.metadata import PackageNotFoundError, version
-
-    def ver(pkg: str) -> str | None:
-        try:
-            return version(pkg)
-        except PackageNotFoundError:
-            return None
-
-    return {
-        "python": platform.python_version(),
-        "platform": platform.platform(),
-        "torch": torch.__version__,
-        "cuda": torch.version.cuda,
-        "device": str(info.device),
-        "device_name": torch.cuda.get_device_name(info.device)
-        if info.device.type == "cuda"
-        else platform.processor() or platform.machine(),
-        "world_size": info.world_size,
-        "layersync_core": ver("layersync-core"),
-        "plugin": {"name": plugin.name, "class": type(plugin).__module__},
-    }
-
-
-class StopFlag:
-    """Set by SIGINT/SIGTERM (cluster pre-emption): the loop saves and exits at the next step."""
-
-    def __init__(self) -> None:
-        self.signal: int | None = None
-        self._previous: dict[int, Any] = {}
-
-    def __enter__(self) -> StopFlag:
-        for sig in (signal.SIGINT, signal.SIGTERM):
-            with contextlib.suppress(ValueError):  # not the main thread
-                self._previous[sig] = signal.signal(sig, self._handle)
-        return self
-
-    def _handle(self, signum: int, frame: Any) -> None:
-        if self.signal is not None:  # a second signal: stop now
-            raise KeyboardInterrupt
-        self.signal = signum
-
-    def __exit__(self, *exc: object) -> None:
-        for sig, handler in self._previous.items():
-            signal.signal(sig, handler)
-
-
-# --------------------------------------------------------------------------------------------
-# Run directory
-# --------------------------------------------------------------------------------------------
-
-
-def prepare_run_dir(run_dir: Path, *, resume: bool, overwrite: bool, is_main: bool) -> None:
-    """Create the run directory; refuse to clobber an existing one without a flag."""
-    if not is_main:
-        return
-    has_content = run_dir.is_dir() and any(run_dir.iterdir())
-    if has_content and not resume:
-        if not overwrite:
-            raise RunDirExistsError(
-                f"run directory {run_dir} already exists: pass --resume latest to continue it, "
-                "--overwrite to replace it, or choose another run.name"
-            )
-        shutil.rmtree(run_dir)
-    for sub in ("checkpoints", "samples", "eval"):
-        (run_dir / sub).mkdir(parents=True, exist_ok=True)
 
 
 # --------------------------------------------------------------------------------------------
@@ -221,6 +125,12 @@ class Trainer:
     amp_dtype: torch.dtype | None
     progress: ckpt.Progress = field(default_factory=ckpt.Progress)
     last_checkpoint: Path | None = None
+    consecutive_skips: int = 0  # non-finite steps skipped in a row (train.nonfinite = skip)
+    skipped_total: int = 0  # ... in this process's part of the run
+    skipped: bool = False  # the last step was skipped (agreed across ranks)
+    stopping: bool = False  # a rank was signalled before the last step's check (agreed)
+    _stop: StopFlag | None = None
+    _logger: MetricsLogger | None = None
 
     # -- construction -------------------------------------------------------------------------
     @classmethod
@@ -236,23 +146,31 @@ class Trainer:
                 f"{info.world_size} x train.grad_accum {tc.grad_accum}"
             )
         run_dir = run_dir_of(cfg)
-        start = None  # found before anything is written: a bad --resume leaves no empty run dir
+        if cfg.log.wandb and info.is_main:
+            require_wandb()
+        if info.is_main and not resume and not overwrite:
+            rundir.check_free(run_dir)
+        # Everything is built and checked (pairs against the depth, data, checkpoint) before
+        # the run directory is created: a failed start leaves nothing behind.
+        start = None
         if resume is not None:
-            start = ckpt.resolve_checkpoint(run_dir if resume == "latest" else resume)
-        prepare_run_dir(
-            run_dir, resume=resume is not None, overwrite=overwrite, is_main=info.is_main
-        )
-        dist.barrier()
-        if info.device.type == "cuda":
-            torch.backends.cuda.matmul.allow_tf32 = True
-            torch.backends.cudnn.allow_tf32 = True
+            target = run_dir if resume == "latest" else resume  # rank 0 decides: one view
+            start = dist.on_rank0(lambda: ckpt.resolve_checkpoint(target))
+        configure_backends()  # as every other command: eval reproduces training
 
         seed_everything(cfg.run.seed)  # the same init on every rank (FSDP2 does not broadcast)
         model = plugin.build_model(cfg).to(info.device)
         seed_everything(cfg.run.seed + info.rank)  # per-rank streams from here on
         sync = build_layersync(cfg, plugin, model)
         ema = EMA(model, cfg.ema.decay, cfg.ema.warmup)
-        wrapped = dist.wrap_model(model, info, tc.distributed, plugin.block_names(cfg, model))
+        amp_dtype = autocast_dtype(tc.precision, info.device)
+        wrapped = dist.wrap_model(
+            model,
+            info,
+            tc.distributed,
+            plugin.block_names(cfg, model),
+            param_dtype=amp_dtype if amp_dtype == torch.bfloat16 else None,
+        )
         if tc.distributed == "fsdp" and info.distributed:
             dist.wrap_model(ema.model, info, "fsdp", plugin.block_names(cfg, ema.model))
         if tc.compile:
@@ -270,11 +188,10 @@ class Trainer:
         scheduler = torch.optim.lr_scheduler.LambdaLR(
             optimizer, lambda s: lr_factor(s, tc.lr_warmup_steps, tc.lr_schedule, tc.steps)
         )
-        amp_dtype = autocast_dtype(tc.precision, info.device)
         scaler = torch.amp.GradScaler(info.device.type, enabled=amp_dtype == torch.float16)
         generator = torch.Generator(info.device).manual_seed(cfg.run.seed * 7919 + info.rank)
         data = DataStream(
-            plugin.build_dataset(cfg, "train"),
+            give_run_seed(plugin.build_dataset(cfg, "train"), cfg.run.seed),
             batch_size=micro,
             collate=plugin.collate,
             rank=info.rank,
@@ -301,6 +218,9 @@ class Trainer:
         )
         if start is not None:
             trainer.load(start)
+        if info.is_main:
+            rundir.prepare(run_dir, resume=resume is not None, overwrite=overwrite)
+        dist.barrier()
         return trainer
 
     # -- checkpoints --------------------------------------------------------------------------
@@ -308,6 +228,13 @@ class Trainer:
         """Write a checkpoint (collective under FSDP; files from rank 0)."""
         model_state = get_model_state_dict(self.model, options=FULL)
         ema_state = get_model_state_dict(self.ema.model, options=FULL)
+        bad = ckpt.first_nonfinite(model_state) or ckpt.first_nonfinite(ema_state)
+        flag = torch.tensor([float(bad is not None)], device=self.info.device)
+        if dist.all_reduce(flag, "max").item():  # rank 0 holds the full state: all agree
+            raise NonFiniteWeightsError(
+                f"step {self.progress.step}: weight {bad or '(on rank 0)'!r} holds NaN/inf; "
+                f"not saved. Last good checkpoint: {self.last_checkpoint or 'none yet'}"
+            )
         optim_state = get_optimizer_state_dict(self.model, self.optimizer, options=FULL)
         rng = ckpt.rng_state(self.generator)
         rngs = [rng]
@@ -325,7 +252,7 @@ class Trainer:
                 "world_size": self.info.world_size,
             }
             path = ckpt.save_checkpoint(
-                self.run_dir / "checkpoints",
+                self.run_dir / rundir.CHECKPOINTS,
                 self.progress,
                 model_state,
                 ema_state,
@@ -342,11 +269,32 @@ class Trainer:
         self.progress.batch_in_epoch = self.data.batch_in_epoch
 
     def load(self, path: Path) -> None:
-        """Restore weights, EMA, optimizer, scheduler, scaler, position and RNG states."""
-        set_model_state_dict(self.model, ckpt.load_weights(path, "model"), options=FULL)
-        set_model_state_dict(self.ema.model, ckpt.load_weights(path, "ema"), options=FULL)
-        state, self.progress = ckpt.load_train_state(path)
-        set_optimizer_state_dict(self.model, self.optimizer, state["optimizer"], options=FULL)
+        """Restore weights, EMA, optimizer, scheduler, scaler, position and RNG states.
+
+        Under torchrun only rank 0 reads the weight and optimizer files (host memory: one copy
+        per node's rank 0, not one per GPU) and broadcasts the tensors, which each rank shards
+        as its model is (FSDP2) or keeps (DDP). A bad file is an error on every rank.
+        """
+        dist_on = self.info.distributed
+        options = StateDictOptions(
+            full_state_dict=True, cpu_offload=True, broadcast_from_rank0=dist_on
+        )
+        for which, module in (("model", self.model), ("ema", self.ema.model)):
+            weights: dict[str, torch.Tensor] = {}
+            dist.on_rank0(lambda w=weights, n=which, m=module: _read_weights(path, n, m, w))
+            set_model_state_dict(module, weights, options=options)
+        held: dict[str, Any] = {}
+
+        def read_state() -> tuple[dict[str, Any], ckpt.Progress]:
+            state, progress = ckpt.load_train_state(path)
+            held["optimizer"] = state.pop("optimizer")
+            return state, progress  # small: broadcast to the other ranks
+
+        state, self.progress = dist.on_rank0(read_state)
+        set_optimizer_state_dict(
+            self.model, self.optimizer, held.get("optimizer", {}), options=options
+        )
+        held.clear()
         self.scheduler.load_state_dict(state["scheduler"])
         self.scaler.load_state_dict(state["scaler"])
         self.ema.updates = state["ema_updates"]
@@ -354,7 +302,7 @@ class Trainer:
         self.data.batch_in_epoch = self.progress.batch_in_epoch
         rngs = ckpt.load_rng_states(path)
         if len(rngs) != self.info.world_size:
-            raise RuntimeError(
+            raise ckpt.CheckpointError(
                 f"{path} was written by {len(rngs)} ranks; resuming it exactly needs the same "
                 f"world size (got {self.info.world_size})"
             )
@@ -363,10 +311,30 @@ class Trainer:
 
     # -- one optimizer step -------------------------------------------------------------------
     def train_step(self) -> dict[str, torch.Tensor]:
-        """Forward/backward over ``grad_accum`` micro-batches, then the optimizer and EMA step.
+        """Forward/backward over ``grad_accum`` micro-batches, one host sync that checks the loss
+        terms and the gradient norm on every rank, then the optimizer and EMA step (or, for a
+        non-finite step under ``train.nonfinite = skip``, no update at all).
 
-        Returns detached device tensors (no host sync): diffusion, layersync, total, cos/*.
+        Returns detached device tensors (diffusion, layersync, loss, grad_norm, cos/*); whether
+        the step was skipped is ``self.skipped``, whether a rank was signalled ``self.stopping``
+        (both agreed across ranks).
         """
+        stats = self.forward_backward()
+        self.skipped = not self._step_is_finite(stats)
+        if not self.skipped:
+            self.scaler.step(self.optimizer)
+            self.scaler.update()
+            self.ema.update(self.model)
+            self.consecutive_skips = 0
+        else:  # skip: the weights, optimizer moments and EMA stay as they were
+            if self.scaler.is_enabled():  # forget this step's unscale_ without a step
+                self.scaler.update(new_scale=self.scaler.get_scale())
+        self.scheduler.step()  # the LR follows the step count, skipped or not
+        self.optimizer.zero_grad(set_to_none=True)
+        return stats
+
+    def forward_backward(self) -> dict[str, torch.Tensor]:
+        """The losses and gradients of one optimizer step (no host sync, no update)."""
         accum = self.cfg.train.grad_accum
         step = self.progress.step
         stats: dict[str, torch.Tensor] = {}
@@ -382,24 +350,75 @@ class Trainer:
                     layersync = diffusion.new_zeros(())
                 total = diffusion + layersync
                 self.scaler.scale(total / accum).backward()
-            _accumulate(stats, "diffusion", diffusion.detach() / accum)
-            _accumulate(stats, "layersync", layersync.detach() / accum)
+            # logged values: the mean over micro-batches
+            _accumulate(stats, "diffusion", diffusion.detach(), accum)
+            _accumulate(stats, "layersync", layersync.detach(), accum)
             if self.sync is not None:
                 for key, value in self.sync.stats.items():
-                    if key.startswith("cos/"):
-                        _accumulate(stats, key, value / accum)
+                    # cos/<pair> and the block diagnostics rms/<block>, rel/<pair> (issue 14)
+                    if key.startswith(("cos/", "rms/", "rel/")):
+                        _accumulate(stats, key, value, accum)
         stats["loss"] = stats["diffusion"] + stats["layersync"]
         self.scaler.unscale_(self.optimizer)
         max_norm = self.cfg.train.grad_clip or float("inf")
-        stats["grad_norm"] = _full(
+        stats["grad_norm"] = full_tensor(
             torch.nn.utils.clip_grad_norm_(self.model.parameters(), max_norm)
-        )
-        self.scaler.step(self.optimizer)
-        self.scaler.update()
-        self.scheduler.step()
-        self.optimizer.zero_grad(set_to_none=True)
-        self.ema.update(self.model)
+        ).detach()
         return stats
+
+    def _step_is_finite(self, stats: dict[str, torch.Tensor]) -> bool:
+        """The one host sync of a step, agreed across ranks before any weight changes: are the
+        loss terms and the gradient finite, and has any rank been asked to stop (a signal)?
+
+        Under fp16 a non-finite gradient with finite losses is the grad scaler's business (it
+        skips the step and lowers the scale); anything else non-finite follows
+        ``train.nonfinite``: ``stop`` raises ``NonFiniteLossError``, ``skip`` returns False.
+        """
+        device = stats["diffusion"].device
+        stop = self._stop is not None and self._stop.signal is not None
+        flags = torch.stack(
+            [
+                (~torch.isfinite(stats["diffusion"])).float(),
+                (~torch.isfinite(stats["layersync"])).float(),
+                (~torch.isfinite(stats["grad_norm"].float())).float(),
+                torch.tensor(float(stop), device=device),
+            ]
+        )
+        bad_diff, bad_reg, bad_grad, stopping = dist.all_reduce(flags, "max").tolist()
+        self.stopping = bool(stopping)
+        if stopping and self._stop is not None and self._stop.signal is None:
+            self._stop.signal = signal.SIGTERM  # another rank was signalled
+        if bad_grad and not (bad_diff or bad_reg) and self.scaler.is_enabled():
+            bad_grad = 0.0
+        if not (bad_diff or bad_reg or bad_grad):
+            return True
+        step = self.progress.step + 1  # numbered as in metrics.jsonl and checkpoints
+        if bad_diff or bad_reg:
+            term = "diffusion" if bad_diff else "LayerSync"
+            what = f"the {term} loss is {stats['diffusion' if bad_diff else 'layersync'].item()}"
+        else:
+            what = (
+                f"the gradient norm is {stats['grad_norm'].item()} "
+                f"(loss {stats['loss'].item():.4g})"
+            )
+        last = self.last_checkpoint or "none yet"
+        tc = self.cfg.train
+        if tc.nonfinite == "stop":
+            self.optimizer.zero_grad(set_to_none=True)
+            raise NonFiniteLossError(
+                f"step {step}: {what}; stopped without saving (train.nonfinite=skip would skip "
+                f"such steps). Last good checkpoint: {last}"
+            )
+        self.consecutive_skips += 1
+        self.skipped_total += 1
+        if self.consecutive_skips >= tc.max_skipped:
+            self.optimizer.zero_grad(set_to_none=True)
+            raise NonFiniteLossError(
+                f"step {step}: {what}; {self.consecutive_skips} consecutive steps skipped "
+                f"(train.max_skipped = {tc.max_skipped}); stopped without saving. "
+                f"Last good checkpoint: {last}"
+            )
+        return False
 
     def _grad_sync(self, sync: bool) -> contextlib.AbstractContextManager:
         """Skip the gradient all-reduce on all but the last accumulation micro-batch."""
@@ -407,15 +426,22 @@ class Trainer:
             return contextlib.nullcontext()
         if hasattr(self.wrapped, "no_sync"):
             return self.wrapped.no_sync()
-        return _fsdp_no_sync(self.model)
+        return fsdp_no_sync(self.model)
 
     # -- the loop -----------------------------------------------------------------------------
     def fit(self) -> Path:
         cfg, info = self.cfg, self.info
         if info.is_main:
-            config_lib.save(cfg, self.run_dir / "config.toml")
-            env = environment(info, self.plugin)
-            (self.run_dir / "env.json").write_text(json.dumps(env, indent=2) + "\n")
+            rundir.write_config(self.run_dir, cfg)
+            rundir.write_json(self.run_dir / rundir.ENV, environment(info, self.plugin))
+        wandb = None
+        if cfg.log.wandb:
+            wandb = WandbSettings(
+                project=cfg.log.wandb_project,
+                name=self.run_dir.name,
+                config=cfg.model_dump(mode="json"),
+                entity=cfg.log.wandb_entity,
+            )
         logger = MetricsLogger(
             self.run_dir,
             cfg.train.steps,
@@ -423,36 +449,54 @@ class Trainer:
             cfg.log.tensorboard,
             cfg.log.progress,
             enabled=info.is_main,
+            wandb=wandb,
         )
+        self._logger = logger
         window: dict[str, torch.Tensor] = {}
-        window_steps, window_start = 0, time.perf_counter()
+        window_steps, window_skipped, window_start = 0, 0, time.perf_counter()
         global_batch = cfg.train.batch_size
         self.wrapped.train()
         try:
             with StopFlag() as stop:
+                self._stop = stop
                 while self.progress.step < cfg.train.steps:
                     stats = self.train_step()
                     step = self.progress.step
                     self.progress.step += 1
                     self.progress.samples_seen += global_batch
-                    self._check(stats, stop, step)
-                    for key, value in stats.items():
-                        _accumulate(window, key, value)
                     window_steps += 1
+                    if self.skipped:  # its stats are NaN/inf: counted, not averaged
+                        window_skipped += 1
+                    else:
+                        for key, value in stats.items():
+                            _accumulate(window, key, value)
                     done = self.progress.step
                     if done % cfg.log.every == 0 or done == cfg.train.steps:
                         elapsed = time.perf_counter() - window_start
-                        metrics = self._reduce(window, window_steps)
+                        metrics = self._reduce(window, window_steps - window_skipped)
+                        if cfg.train.nonfinite == "skip":
+                            metrics["skipped"] = window_skipped
+                        bad_items = getattr(self.data.dataset, "skipped", None)
+                        if isinstance(bad_items, int):  # data.on_error = skip: unreadable files
+                            metrics["data_skipped"] = bad_items
                         metrics["lr"] = self.scheduler.get_last_lr()[0]
+                        if info.device.type == "cuda":  # the largest of any rank, since the start
+                            peak = torch.cuda.max_memory_allocated(info.device) / 2**30
+                            peak_t = torch.tensor([peak], device=info.device)
+                            metrics["peak_mem_gb"] = dist.all_reduce(peak_t, "max").item()
                         metrics["it_per_s"] = window_steps / elapsed
                         metrics["samples_per_s"] = window_steps * global_batch / elapsed
                         if self.sync is not None:
                             metrics["weight"] = self.sync.weight_at(step)
                         logger.log(done, metrics)
+                        if self.sync is not None:  # issue 14: cos ~ 1 reached by norm growth
+                            for line in self.sync.shortcut_warnings(metrics):
+                                logger.print(line)
                         window, window_steps, window_start = {}, 0, time.perf_counter()
+                        window_skipped = 0
                     else:
                         logger.advance(done)
-                    if stop.signal is not None:
+                    if self.stopping:  # agreed at the step's check: every rank saves here
                         path = self.save()
                         logger.print(
                             f"stopped by signal {stop.signal} at step {done}; checkpoint {path}"
@@ -475,28 +519,9 @@ class Trainer:
                 self.sync.detach()
         return self.run_dir
 
-    def _check(self, stats: dict[str, torch.Tensor], stop: StopFlag, step: int) -> None:
-        """One host sync per step: non-finite terms and stop requests, agreed across ranks."""
-        flags = torch.stack(
-            [
-                (~torch.isfinite(stats["diffusion"])).float(),
-                (~torch.isfinite(stats["layersync"])).float(),
-                torch.tensor(float(stop.signal is not None), device=stats["diffusion"].device),
-            ]
-        )
-        bad_diff, bad_reg, stopping = dist.all_reduce(flags, "max").tolist()
-        if stopping and stop.signal is None:
-            stop.signal = signal.SIGTERM  # another rank was signalled
-        if bad_diff or bad_reg:
-            term = "diffusion" if bad_diff else "LayerSync"
-            value = stats["diffusion" if bad_diff else "layersync"].item()
-            last = self.last_checkpoint or "none yet"
-            raise NonFiniteLossError(  # step numbered as in metrics.jsonl and checkpoints
-                f"step {step + 1}: the {term} loss is {value}; stopped without saving. "
-                f"Last good checkpoint: {last}"
-            )
-
     def _reduce(self, window: dict[str, torch.Tensor], steps: int) -> dict[str, float]:
+        if not window:  # every step of the window was skipped
+            return {}
         keys = sorted(window)
         values = torch.stack([window[k].float() for k in keys]) / steps
         values = dist.all_reduce(values, "mean").tolist()
@@ -507,59 +532,74 @@ class Trainer:
         """Same seed every time: periodic grids are comparable across steps and runs."""
         return torch.Generator(self.info.device).manual_seed(self.cfg.run.seed + EVAL_SEED_OFFSET)
 
+    @contextlib.contextmanager
+    def _eval_forward(self) -> Iterator[None]:
+        """Around every EMA sampling/eval forward: the training RNG streams are left untouched,
+        and the FSDP2 EMA copy is resharded afterwards, even on an error (FSDP2 leaves a root
+        unsharded after a forward; the next EMA update would then mix full tensors and shards).
+        """
+        try:
+            with isolated_rng(self.info.device):
+                yield
+        finally:
+            self.ema.reshard()
+
     @torch.no_grad()
     def write_samples(self, step: int) -> list[Path]:
         n = self.cfg.log.sample_count
         gen = self.sampling_generator()
-        with _isolated_rng(self.info.device):  # sampling must not shift the training stream
+        with self._eval_forward():  # sampling must not shift the training stream
             cond = self.plugin.conditions(self.cfg, n, gen)
             samples = self.plugin.sample(self.ema.model, self.cfg, n, cond, gen)
         paths: list[Path] = []
         if self.info.is_main:
             paths = self.plugin.write_samples(
-                samples, self.run_dir / "samples", self.cfg, prefix=f"{step:07d}"
+                samples, rundir.samples_dir(self.run_dir), self.cfg, prefix=rundir.step_name(step)
             )
+            if self._logger is not None:
+                self._logger.log_images(step, paths)
         dist.barrier()
         return paths
 
     @torch.no_grad()
     def evaluate(self, step: int, logger: MetricsLogger | None = None) -> dict[str, float]:
-        out_dir = self.run_dir / "eval" / f"{step:07d}"
+        out_dir = rundir.eval_dir(self.run_dir, step)
         if self.info.is_main:
             out_dir.mkdir(parents=True, exist_ok=True)
         dist.barrier()
-        with _isolated_rng(self.info.device):
+        with self._eval_forward():
             metrics = self.plugin.evaluate(
                 self.ema.model, self.cfg, out_dir, self.sampling_generator()
             )
+            # -- val_loss (layersync.valloss; edit owned by issue 14) ---------------------------
+            if getattr(self, "_val_loss", None) is None:  # built once: held-out batches kept
+                from layersync.valloss import ValLoss
+
+                self._val_loss = ValLoss.for_run(self.plugin, self.cfg, self.objective) or False
+            if self._val_loss:
+                metrics = {**(metrics or {}), **self._val_loss(self.ema.model, self.info.device)}
+            # -- end val_loss ---------------------------------------------------------------------
         if metrics and self.info.is_main:
-            (out_dir / "metrics.json").write_text(json.dumps(metrics, indent=2) + "\n")
+            rundir.write_json(out_dir / "metrics.json", metrics)
             if logger is not None:
                 logger.log(step, metrics, kind="eval")
         return metrics
 
 
-def _isolated_rng(device: torch.device) -> contextlib.AbstractContextManager:
-    devices = [device] if device.type == "cuda" else []
-    return torch.random.fork_rng(devices=devices, device_type=device.type)
+def _read_weights(path: Path, which: str, module: nn.Module, into: dict) -> None:
+    """Read ``which`` (model/ema) weights of checkpoint ``path`` into ``into``, checked."""
+    into.update(ckpt.load_weights(path, which))
+    ckpt.check_fits(into, module, path / f"{which}.safetensors")
 
 
-def _accumulate(acc: dict[str, torch.Tensor], key: str, value: torch.Tensor) -> None:
-    acc[key] = acc[key] + value if key in acc else value.clone()
-
-
-def _full(t: torch.Tensor) -> torch.Tensor:
-    full = getattr(t, "full_tensor", None)
-    return full() if full is not None else t
-
-
-@contextlib.contextmanager
-def _fsdp_no_sync(model: nn.Module) -> Iterator[None]:
-    model.set_requires_gradient_sync(False)  # type: ignore[operator]
-    try:
-        yield
-    finally:
-        model.set_requires_gradient_sync(True)  # type: ignore[operator]
+def _accumulate(
+    acc: dict[str, torch.Tensor], key: str, value: torch.Tensor, divisor: int = 1
+) -> None:
+    """``acc[key] += value / divisor``, with no kernel for ``divisor == 1`` or a first value
+    (logged tensors are detached and never changed in place, so no copy is needed)."""
+    if divisor != 1:
+        value = value / divisor
+    acc[key] = acc[key] + value if key in acc else value
 
 
 def train(
