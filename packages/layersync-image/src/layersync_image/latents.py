@@ -5,39 +5,33 @@ The official SiT training encodes each batch and samples the posterior every ste
 std of the diagonal Gaussian) once, and each visit of an item draws a fresh
 ``z = (mean + std * eps) * scale_factor``, which keeps that per-step sampling.
 
-Cache layout (a directory, written to ``<out>.partial`` and renamed when complete)::
+The cache is core's shape-agnostic format (:mod:`layersync.latents`: a directory written to
+``<out>.partial`` and renamed when complete; ``meta.json`` + safetensors shards of ``mean``,
+``std`` (n, C, h, w) float16 by default, ``mean_flip``/``std_flip`` with ``flip=True``), with one
+per-item field ``labels`` (n,) int64 and the image facts (vae, image_size, image_channels,
+num_classes, source) in meta.json. Caches written before core owned the format read unchanged.
 
-    meta.json                  format, version, count, latent_shape, scale_factor, vae,
-                               image_size, num_classes, source, flip, dtype, shards
-    shard-00000.safetensors    mean, std: (n, C, h, w) float16 (default); labels: (n,) int64;
-                               mean_flip, std_flip: moments of the flipped images (flip=True)
-
-Randomness of ``LatentDataset`` (see ``layersync_image.data``): item ``i`` first draws the view
-(flipped or not, only when flipped moments are used) with ``torch.rand(1) < 0.5``, then
-``eps = torch.randn(C, h, w)``, both from ``dataset.generator(i)`` (global RNG when ``seed`` is None).
+Randomness of ``LatentDataset``: item ``i`` first draws the view (flipped or not, only when
+flipped moments are used) with ``torch.rand(1) < 0.5``, then ``eps = torch.randn(C, h, w)``, both
+from ``dataset.generator(i)`` (global RNG when ``seed`` is None).
 """
 
 from __future__ import annotations
 
-import bisect
 import importlib.util
-import json
 import os
-import shutil
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import torch
-from safetensors import safe_open
-from safetensors.torch import save_file
 from torch.utils.data import DataLoader, Dataset, Subset
 
-from layersync_image.data import BaseDataset
+from layersync.latents import FORMAT, VERSION, write_latent_cache
+from layersync.latents import LatentDataset as CoreLatentDataset
 
-FORMAT = "layersync-latents"
-VERSION = 1
+__all__ = ["FORMAT", "SD_VAE_SCALE", "VERSION", "LatentDataset", "encode_dataset", "load_vae"]
+
 SD_VAE_SCALE = 0.18215
 
 # -----------------------------------------------------------------------------
@@ -72,22 +66,7 @@ def load_vae(vae_dir: str | os.PathLike) -> Any:
 
 
 # -----------------------------------------------------------------------------
-# Encoding a dataset into a cache
-
-
-def _atomic_save(tensors: dict[str, torch.Tensor], path: Path) -> None:
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    try:
-        save_file(tensors, str(tmp))
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
-
-
-def _write_json(obj: dict, path: Path) -> None:
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    tmp.write_text(json.dumps(obj, indent=2) + "\n")
-    os.replace(tmp, path)
+# Encoding a dataset into a cache (the format and its writing are layersync.latents')
 
 
 def encode_dataset(
@@ -113,7 +92,7 @@ def encode_dataset(
     dataset itself must not flip at random). ``scale_factor=None`` takes the VAE config's
     ``scaling_factor``. Shards are written atomically to ``<out_dir>.partial``: rerunning the
     same call after an interruption keeps the finished shards. ``progress(done, total)`` is
-    called after each batch.
+    called after each batch (and once for each shard kept from an interrupted run).
     """
     out_dir = Path(out_dir)
     if out_dir.exists() and not overwrite:
@@ -128,71 +107,39 @@ def encode_dataset(
         raise ValueError("cannot encode an empty dataset")
     vae = load_vae(vae_dir).to(device).eval()
     scale = float(vae.config.scaling_factor if scale_factor is None else scale_factor)
+    last: list[tuple[int, int]] = []
 
-    # resume a partial run with the same settings, otherwise start afresh
-    partial = out_dir.with_name(out_dir.name + ".partial")
-    plan = {
-        "count": n,
-        "source": repr(dataset),
-        "vae": str(Path(vae_dir).resolve()),
-        "flip": flip,
-        "dtype": str(dtype).removeprefix("torch."),
-        "shard_size": shard_size,
-    }
-    plan_file = partial / "plan.json"
-    if partial.exists():
-        try:
-            same = json.loads(plan_file.read_text()) == plan
-        except (OSError, ValueError):
-            same = False
-        if not same:
-            shutil.rmtree(partial)
-    partial.mkdir(parents=True, exist_ok=True)
-    _write_json(plan, plan_file)
+    def report(done: int, total: int) -> None:  # per batch, and per kept shard; no repeats
+        if progress is not None and (not last or last[-1] != (done, total)):
+            last.append((done, total))
+            progress(done, total)
 
-    shards = []
-    for s, lo in enumerate(range(0, n, shard_size)):
-        hi = min(n, lo + shard_size)
-        file = partial / f"shard-{s:05d}.safetensors"
-        shards.append({"file": file.name, "count": hi - lo})
-        if file.is_file():  # finished by an earlier, interrupted run
-            if progress is not None:
-                progress(hi, n)
-            continue
+    def encode(lo: int, hi: int) -> dict[str, torch.Tensor]:
         loader = DataLoader(
             Subset(dataset, range(lo, hi)), batch_size=batch_size, num_workers=num_workers
         )
-        tensors = _encode_batches(loader, vae, device, flip, dtype, vae_dir, lo, n, progress)
-        _atomic_save(tensors, file)
+        return _encode_batches(loader, vae, device, flip, dtype, vae_dir, lo, n, report)
 
-    with safe_open(partial / shards[0]["file"], framework="pt") as f:
-        latent_shape = list(f.get_slice("mean").get_shape()[1:])
-    meta = {
-        "format": FORMAT,
-        "version": VERSION,
-        "count": n,
-        "latent_shape": latent_shape,
-        "scale_factor": scale,
-        "vae": plan["vae"],
-        "vae_scaling_factor": vae.config.scaling_factor,
-        "image_size": getattr(dataset, "image_size", None),
-        "image_channels": getattr(dataset, "channels", None),
-        "num_classes": getattr(dataset, "num_classes", None),
-        "source": plan["source"],
-        "flip": flip,
-        "dtype": plan["dtype"],
-        "shards": shards,
-    }
-    _write_json(meta, partial / "meta.json")
-    plan_file.unlink()
-    if out_dir.exists():  # overwrite=True: swap in the new cache, then delete the old one
-        old = out_dir.with_name(f".{out_dir.name}.old-{os.getpid()}")
-        os.replace(out_dir, old)
-        os.replace(partial, out_dir)
-        shutil.rmtree(old)
-    else:
-        os.replace(partial, out_dir)
-    return out_dir
+    vae_path = str(Path(vae_dir).resolve())
+    return write_latent_cache(
+        out_dir,
+        n,
+        encode,
+        scale_factor=scale,
+        dtype=dtype,
+        shard_size=shard_size,
+        info={
+            "vae": vae_path,
+            "vae_scaling_factor": vae.config.scaling_factor,
+            "image_size": getattr(dataset, "image_size", None),
+            "image_channels": getattr(dataset, "channels", None),
+            "num_classes": getattr(dataset, "num_classes", None),
+            "source": repr(dataset),
+        },
+        plan={"source": repr(dataset), "vae": vae_path, "flip": flip},
+        overwrite=overwrite,
+        progress=report,
+    )
 
 
 def _encode_batches(
@@ -242,12 +189,13 @@ def _encode_batches(
 # Reading a cache
 
 
-class LatentDataset(BaseDataset):
+class LatentDataset(CoreLatentDataset):
     """Items ``(z, label)`` with ``z = (mean + std * eps) * scale_factor`` from a cache written by
-    ``encode_dataset``; ``sample=False`` gives ``mean * scale_factor``. ``flip=None`` uses the
-    cached flipped moments when present (picking a view at random per item), ``False`` never,
-    ``True`` requires them. ``channels`` / ``image_size`` describe the latent (the model input);
-    ``source_image_size`` the encoded images."""
+    ``encode_dataset`` (:class:`layersync.latents.LatentDataset` with the ``labels`` field);
+    ``sample=False`` gives ``mean * scale_factor``. ``flip=None`` uses the cached flipped moments
+    when present (picking a view at random per item), ``False`` never, ``True`` requires them.
+    ``channels`` / ``image_size`` describe the latent (the model input); ``source_image_size``
+    the encoded images."""
 
     def __init__(
         self,
@@ -257,76 +205,23 @@ class LatentDataset(BaseDataset):
         sample: bool = True,
         seed: int | None = None,
     ) -> None:
-        super().__init__(seed)
-        self.path = Path(path)
+        super().__init__(path, ["labels"], flip=flip, sample=sample, seed=seed)
         meta_file = self.path / "meta.json"
-        if not meta_file.is_file():
-            raise FileNotFoundError(f"not a latent cache (no meta.json): {self.path}")
-        self.meta = json.loads(meta_file.read_text())
-        if self.meta.get("format") != FORMAT or self.meta.get("version") != VERSION:
+        if len(self.latent_shape) != 3 or self.latent_shape[1] != self.latent_shape[2]:
             raise ValueError(
-                f"{meta_file}: not a {FORMAT} v{VERSION} cache "
-                f"(format={self.meta.get('format')!r}, version={self.meta.get('version')!r})"
+                f"{meta_file}: latents must be square (C, h, h), got {self.latent_shape}"
             )
-        if flip and not self.meta["flip"]:
-            raise ValueError(f"{self.path} holds no flipped latents; re-encode with flip=True")
-        self.flip = self.meta["flip"] if flip is None else flip
-        self.sample = sample
-        self.scale_factor = float(self.meta["scale_factor"])
-        self.channels, h, w = self.meta["latent_shape"]
-        if h != w:
-            raise ValueError(f"{meta_file}: latents must be square, got {h}x{w}")
-        self.image_size = h
-        self.source_image_size = self.meta["image_size"]
-        self.files = [self.path / s["file"] for s in self.meta["shards"]]
-        counts = [s["count"] for s in self.meta["shards"]]
-        self.starts = [0, *np.cumsum(counts)[:-1].tolist()]
-        self._handles: dict[int, Any] = {}
-        labels = []
-        for i, (file, count) in enumerate(zip(self.files, counts, strict=True)):
-            if not file.is_file():
-                raise FileNotFoundError(f"latent cache shard missing: {file}")
-            t = self._open(i).get_tensor("labels")
-            if t.shape != (count,):
-                raise ValueError(f"{file}: expected {count} labels, got shape {tuple(t.shape)}")
-            labels.append(t)
-        self.labels = torch.cat(labels)
-        if len(self.labels) != self.meta["count"]:
-            raise ValueError(f"{meta_file}: count {self.meta['count']} != {len(self.labels)}")
+        self.channels, self.image_size = self.latent_shape[0], self.latent_shape[1]
+        self.source_image_size = self.meta.get("image_size")
+        self.labels = self.columns["labels"]
+        if self.labels.dtype != torch.int64 or self.labels.ndim != 1:
+            raise ValueError(f"{meta_file}: labels must be int64 (N,), got {self.labels.dtype}")
         nc = self.meta.get("num_classes")
         self.num_classes = int(nc) if nc is not None else int(self.labels.max()) + 1
 
-    def _open(self, shard: int) -> Any:
-        if shard not in self._handles:
-            self._handles[shard] = safe_open(self.files[shard], framework="pt")
-        return self._handles[shard]
-
-    def __getstate__(self) -> dict:
-        state = self.__dict__.copy()
-        state["_handles"] = {}  # file handles do not pickle; each worker reopens them
-        return state
-
-    def __len__(self) -> int:
-        return len(self.labels)
-
     def moments(self, index: int, flipped: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
         """The cached posterior (mean, std) of item ``index`` as float32 (C, h, w)."""
-        index = range(len(self))[index]
-        shard = bisect.bisect_right(self.starts, index) - 1
-        off = index - self.starts[shard]
-        f = self._open(shard)
-        suffix = "_flip" if flipped else ""
-        mean = f.get_slice("mean" + suffix)[off : off + 1][0].float()
-        std = f.get_slice("std" + suffix)[off : off + 1][0].float()
-        return mean, std
-
-    def __getitem__(self, index: int) -> tuple[torch.Tensor, torch.Tensor]:
-        index = range(len(self))[index]
-        g = self.generator(index)
-        flipped = bool(self.flip) and self.coin(g)
-        mean, std = self.moments(index, flipped)
-        z = mean + std * torch.randn(mean.shape, generator=g) if self.sample else mean
-        return z * self.scale_factor, self.labels[index].clone()
+        return self.cache.moments(index, flipped)
 
     def __repr__(self) -> str:
         return (

@@ -1,6 +1,7 @@
 """SiT: the class-conditional latent image backbone (willisma/SiT, itself DiT with a flow objective).
 
-Parameter names, initialisation and forward pass match the official code, so the released SiT
+The model is core's N-d ``layersync.nn.SiT`` in 2-D. Parameter names, initialisation and forward
+pass match the official code, so the released SiT
 (and DiT, LayerSync) checkpoints load with ``strict=True`` and give the same outputs. LayerSync taps
 the outputs of ``blocks.0 .. blocks.{depth-1}`` (see :func:`block_names`).
 """
@@ -14,15 +15,8 @@ from pathlib import Path
 import torch
 import torch.nn as nn
 
-from layersync.nn import (
-    FinalLayer,
-    LabelEmbedder,
-    PatchEmbed,
-    SiTBlock,
-    TimestepEmbedder,
-    init_sit_weights,
-    sincos_pos_embed,
-)
+from layersync.nn import SIT_SIZES
+from layersync.nn import SiT as CoreSiT
 
 __all__ = ["SIT_CONFIGS", "SiT", "block_names", "build_sit", "load_sit_checkpoint"]
 
@@ -31,8 +25,11 @@ __all__ = ["SIT_CONFIGS", "SiT", "block_names", "build_sit", "load_sit_checkpoin
 # Model
 
 
-class SiT(nn.Module):
-    """Scalable Interpolant Transformer over patchified latents (N, C, H, W)."""
+class SiT(CoreSiT):
+    """Scalable Interpolant Transformer over patchified latents (N, C, H, W): the ndim=2,
+    class-conditional case of :class:`layersync.nn.SiT` with the official defaults (ImageNet
+    classes, ``learn_sigma=True``) and the official state-dict keys. ``input_size`` and
+    ``patch_size`` stay ints here (square latents, square patches)."""
 
     def __init__(
         self,
@@ -47,46 +44,21 @@ class SiT(nn.Module):
         num_classes: int = 1000,
         learn_sigma: bool = True,
     ):
-        super().__init__()
+        super().__init__(
+            (input_size, input_size),
+            patch_size,
+            in_channels,
+            hidden_size=hidden_size,
+            depth=depth,
+            num_heads=num_heads,
+            mlp_ratio=mlp_ratio,
+            condition="class",
+            num_classes=num_classes,
+            class_dropout_prob=class_dropout_prob,
+            learn_sigma=learn_sigma,
+        )
         self.input_size = input_size
         self.patch_size = patch_size
-        self.in_channels = in_channels
-        self.out_channels = in_channels * 2 if learn_sigma else in_channels
-        self.hidden_size = hidden_size
-        self.depth = depth
-        self.num_heads = num_heads
-        self.num_classes = num_classes
-        self.learn_sigma = learn_sigma
-
-        # registration order matters: it fixes the order of random draws at init (as official)
-        self.x_embedder = PatchEmbed(input_size, patch_size, in_channels, hidden_size, ndim=2)
-        self.t_embedder = TimestepEmbedder(hidden_size)
-        self.y_embedder = LabelEmbedder(num_classes, hidden_size, class_dropout_prob)
-        self.num_tokens = self.x_embedder.num_patches
-        # fixed 2-D sin-cos embedding, frozen but saved in the state dict (as in the checkpoints)
-        self.pos_embed = nn.Parameter(
-            torch.zeros(1, self.num_tokens, hidden_size), requires_grad=False
-        )
-        self.blocks = nn.ModuleList(
-            [SiTBlock(hidden_size, num_heads, mlp_ratio=mlp_ratio) for _ in range(depth)]
-        )
-        self.final_layer = FinalLayer(hidden_size, patch_size * patch_size, self.out_channels)
-        self.initialize_weights()
-
-    def initialize_weights(self) -> None:
-        """Official init (see :func:`layersync.nn.init_sit_weights`) + the sin-cos ``pos_embed``."""
-        init_sit_weights(self)
-        pe = sincos_pos_embed(self.hidden_size, self.x_embedder.grid_size)
-        with torch.no_grad():
-            self.pos_embed.copy_(torch.from_numpy(pe).float().unsqueeze(0))
-
-    def unpatchify(self, x: torch.Tensor) -> torch.Tensor:
-        """(N, T, p*p*C) -> (N, C, H, W), each token laid out as (p, p, C)."""
-        c, p = self.out_channels, self.patch_size
-        h, w = self.x_embedder.grid_size
-        x = x.reshape(x.shape[0], h, w, p, p, c)
-        x = torch.einsum("nhwpqc->nchpwq", x)
-        return x.reshape(x.shape[0], c, h * p, w * p)
 
     def forward(
         self,
@@ -104,32 +76,15 @@ class SiT(nn.Module):
         with probability ``class_dropout_prob`` (optionally drawn from ``generator``);
         ``force_drop_ids == 1`` forces the null label.
         """
-        x = self.x_embedder(x) + self.pos_embed  # (N, T, D)
-        t = self.t_embedder(t)  # (N, D)
-        y = self.y_embedder(y, self.training, force_drop_ids, generator)  # (N, D)
-        c = t + y
-        for block in self.blocks:
-            x = block(x, c)  # (N, T, D): the tapped features
-        x = self.final_layer(x, c)  # (N, T, p*p*out_channels)
-        x = self.unpatchify(x)  # (N, out_channels, H, W)
-        if self.learn_sigma:
-            x, _ = x.chunk(2, dim=1)
-        return x
+        return super().forward(x, t, y, force_drop_ids=force_drop_ids, generator=generator)
 
 
 # -----------------------------------------------------------------------------
 # Presets
 
-_SIZES = {  # name: (depth, hidden_size, num_heads)
-    "XL": (28, 1152, 16),
-    "L": (24, 1024, 16),
-    "B": (12, 768, 12),
-    "S": (12, 384, 6),
-}
-
 SIT_CONFIGS: dict[str, dict[str, int]] = {
-    f"SiT-{size}/{patch}": {"depth": d, "hidden_size": h, "num_heads": n, "patch_size": patch}
-    for size, (d, h, n) in _SIZES.items()
+    f"SiT-{size}/{patch}": {**dims, "patch_size": patch}
+    for size, dims in ((s, SIT_SIZES[s]) for s in ("XL", "L", "B", "S"))
     for patch in (2, 4, 8)
 }
 

@@ -1,4 +1,5 @@
-"""Tests for layersync_image.data: idx, Fashion-MNIST, ImageFolder, arrays, digits, writers."""
+"""Tests for layersync_image.data (idx, Fashion-MNIST, arrays, digits), .folder (ImageFolder)
+and .writers (grids, PNG, ADM .npz)."""
 
 import gzip
 import struct
@@ -14,17 +15,13 @@ from layersync_image.data import (
     FASHION_MNIST_ROOT,
     ArrayDataset,
     IdxDataset,
-    ImageFolderDataset,
     InMemoryDataset,
-    center_crop_arr,
     digits,
     fashion_mnist,
-    make_grid,
     read_idx,
-    save_npz,
-    save_png,
-    to_uint8_nhwc,
 )
+from layersync_image.folder import ImageFolderDataset, center_crop_arr
+from layersync_image.writers import make_grid, save_npz, save_png, to_uint8_nhwc
 
 # -----------------------------------------------------------------------------
 # idx files

@@ -16,8 +16,12 @@ from PIL import Image
 
 from layersync import config as config_lib
 from layersync.train.loop import Trainer
+from layersync.valloss import VAL_TIMES, time_key
 from layersync_image.fid import InceptionV3Pool3
-from layersync_image.plugin import ImageModality, default_pair, plugin
+from layersync_image.plugin import ImageModality, plugin
+from layersync_image.sizes import default_pair
+
+VAL_KEYS = {time_key(t) for t in VAL_TIMES}  # val_loss per t, next to the plugin's metrics
 
 SRC = [
     Path(__file__).resolve().parents[2] / p / "src" for p in ("layersync-core", "layersync-image")
@@ -62,11 +66,28 @@ def test_paper_presets(preset: str, arch: str, pairs: str, weight: float) -> Non
     assert default_pair(arch, 0) == (plugin.default_layersync(cfg))
 
 
-def test_fashion_mnist_preset_is_the_measured_setting() -> None:
+def _fake_fashion_mnist(root: Path, n: int = 4) -> Path:
+    """Four 28x28 items in Fashion-MNIST's idx layout (so the test needs no apt package)."""
+    import gzip
+    import struct
+
+    root.mkdir(parents=True, exist_ok=True)
+    images = np.arange(n * 28 * 28, dtype=np.uint8).reshape(n, 28, 28)
+    labels = np.arange(n, dtype=np.uint8)
+    for prefix in ("train", "t10k"):
+        for arr, kind in ((images, "images-idx3"), (labels, "labels-idx1")):
+            head = bytes([0, 0, 0x08, arr.ndim]) + struct.pack(f">{arr.ndim}I", *arr.shape)
+            (root / f"{prefix}-{kind}-ubyte.gz").write_bytes(gzip.compress(head + arr.tobytes()))
+    return root
+
+
+def test_fashion_mnist_preset_is_the_measured_setting(tmp_path: Path) -> None:
     cfg = resolve(preset="fashion-mnist")
     assert (cfg.data.source, cfg.data.image_size, cfg.model.patch_size) == ("fashion-mnist", 28, 4)
     assert (cfg.train.steps, cfg.train.batch_size, cfg.log.eval_every) == (2400, 64, 600)
-    model = plugin.build_model(cfg)
+    # the model is sized from the data: stand-in idx files where the apt package is absent
+    root = _fake_fashion_mnist(tmp_path / "fashion")
+    model = plugin.build_model(resolve(f"data.path={root}", preset="fashion-mnist"))
     assert model.x_embedder.num_patches == 49 and len(model.blocks) == 6
     assert plugin.default_layersync(cfg).pairs == "2<-4"
 
@@ -283,11 +304,18 @@ def test_short_training_run_writes_samples_and_fid(tmp_path: Path) -> None:
     grid = Image.open(run_dir / "samples" / "0000004.png")
     assert grid.size[0] >= 10 * 64  # ten classes per row, upscaled
     metrics = json.loads((run_dir / "eval" / "0000004" / "metrics.json").read_text())
-    assert metrics["fid_samples"] == 6 and metrics["fid_reference"] == 8
+    protocol = json.loads((run_dir / "eval" / "0000004" / "fid.json").read_text())
+    assert metrics.keys() == {"fid", "kid", "kid_std", "val_loss", *VAL_KEYS}
+    assert protocol["samples"] == 6 and protocol["reference"] == 8
     assert np.isfinite(metrics["fid"]) and metrics["fid"] >= 0
-    # the reference statistics were cached once (a second evaluation reuses them)
-    cached = list((tmp_path / "cache" / "fid-reference").glob("*.npz"))
+    assert np.isfinite(metrics["kid"]) and metrics["kid_std"] >= 0
+    assert protocol["kid"] == metrics["kid"] and protocol["kid_subset_size"] == 6
+    # the reference statistics and features were cached once (a second evaluation reuses them)
+    cached = list((tmp_path / "cache" / "stats").glob("*.npz"))  # layersync cached_stats
     assert len(cached) == 1
+    features = list((tmp_path / "cache" / "stats").glob("*.npy"))  # cached_array, for KID
+    assert len(features) == 1 and np.load(features[0]).shape == (8, 2048)
+
     lines = [json.loads(x) for x in (run_dir / "metrics.jsonl").read_text().splitlines()]
     train_lines = [x for x in lines if x["kind"] == "train"]
     assert [x["step"] for x in train_lines] == [2, 4]
@@ -378,7 +406,7 @@ def test_sample_command_is_parallel_resumable_and_world_size_independent(tmp_pat
 
 def test_fid_reference_from_stats_file_or_adm_images(tmp_path: Path) -> None:
     from layersync.metrics import GaussianStats
-    from layersync_image.plugin import reference_stats
+    from layersync_image.refstats import reference_stats
 
     stats_file = tmp_path / "ref_stats.npz"
     GaussianStats(np.arange(3.0), np.eye(3), 10).save(stats_file)
@@ -399,3 +427,73 @@ def test_fid_reference_from_stats_file_or_adm_images(tmp_path: Path) -> None:
 
     with pytest.raises(ValueError, match=r"metric\.reference"):
         reference_stats(resolve("data.source=latents", "data.path=/nowhere"), None, 8)
+
+
+# --------------------------------------------------------------------------------------------
+# Honest pair provenance (issue 14): the dry run and config show say where a pair comes from
+# --------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("arch", "depth", "pairs", "weight", "want"),
+    [
+        ("SiT-XL/2", 28, "8<-16", 0.2, "pair 8<-16 and λ 0.2: the paper's for SiT-XL"),
+        ("SiT-L/2", 24, "8<-18", 0.2, "pair 8<-18 and λ 0.2: the paper's for SiT-L"),
+        (
+            "SiT-B/2",
+            12,
+            "4<-8",
+            0.3,
+            "pair 4<-8: derived by the depth-ratio rule, not from the paper; "
+            "λ 0.3: the paper's for SiT-B",
+        ),
+        (
+            "SiT-S/2",
+            12,
+            "4<-8",
+            0.3,
+            "pair 4<-8: derived by the depth-ratio rule, not from the paper; "
+            "λ 0.3: not the paper's for SiT-S",
+        ),
+        (
+            "custom",
+            6,
+            "2<-4",
+            0.2,
+            "pair 2<-4: derived by the depth-ratio rule, not from the paper; "
+            "λ 0.2: not the paper's for custom SiT (6 blocks)",
+        ),
+        (
+            "SiT-XL/2",
+            28,
+            "4<-12",
+            0.2,
+            "pair 4<-12: set in the config, not from the paper; λ 0.2: the paper's for SiT-XL",
+        ),
+    ],
+)
+def test_pair_source_says_what_is_the_papers(arch, depth, pairs, weight, want) -> None:
+    from layersync_image.sizes import pair_source
+
+    assert pair_source(arch, depth, pairs, weight) == want
+
+
+def test_dry_run_and_config_show_state_the_pair_source_and_the_shallow_warning() -> None:
+    from typer.testing import CliRunner
+
+    from layersync.cli import app
+    from layersync.train.plan import plan
+
+    rows = dict(plan(resolve(), plugin))  # the demo: 6 blocks, pair 2<-4
+    assert "derived by the depth-ratio rule, not from the paper" in rows["pair source"]
+    assert rows["warning"].startswith("6 blocks: the paper reports nothing for models shallower")
+    deep = dict(plan(resolve("model.depth=12"), plugin))
+    assert "warning" not in deep and "pair 3<-7" in deep["pair source"]
+    shown = CliRunner().invoke(app, ["config", "show", "-m", "image", "--preset", "demo"])
+    assert shown.exit_code == 0, shown.output
+    assert "# pair source: pair 2<-4: derived by the depth-ratio rule" in shown.output
+    assert "# warning: 6 blocks: the paper reports nothing" in shown.output
+    xl = CliRunner().invoke(
+        app, ["config", "show", "-m", "image", "--preset", "sit-xl2-imagenet256"]
+    )
+    assert "# pair source: pair 8<-16 and λ 0.2: the paper's for SiT-XL" in xl.output

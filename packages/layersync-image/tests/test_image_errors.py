@@ -1,0 +1,104 @@
+"""Bad image data through the real CLI: a corrupt file is one line naming it (exit 2), or is
+skipped and counted (``data.on_error=skip`` -> ``data_skipped`` in metrics.jsonl); a bad data
+path fails before the run directory exists."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+from PIL import Image
+from typer.testing import CliRunner
+
+from layersync.cli import app
+
+TINY = [
+    "--modality",
+    "image",
+    "model.arch=custom",
+    "model.depth=6",
+    "model.hidden_size=32",
+    "model.num_heads=2",
+    "model.patch_size=2",
+    "data.image_size=8",
+    "train.steps=3",
+    "train.batch_size=4",
+    "train.device=cpu",
+    "metric.fid=off",
+    "log.every=1",
+    "log.progress=false",
+    "log.sample_count=2",
+    "sampler.steps=2",
+    "layersync.pairs=2<-4",  # inside the heuristic: no warning lines
+]
+
+
+def folder_with_a_corrupt_image(root: Path) -> Path:
+    rng = np.random.default_rng(0)
+    for c in ("a", "b"):
+        (root / c).mkdir(parents=True)
+        for i in range(3):
+            Image.fromarray(rng.integers(0, 256, (12, 12, 3), np.uint8)).save(root / c / f"{i}.png")
+    (root / "a" / "1.png").write_bytes(b"\x89PNG\r\n\x1a\n" + b"not really a png")
+    return root / "a" / "1.png"
+
+
+def lines(stderr: str) -> list[str]:
+    return [line for line in stderr.splitlines() if line.strip()]
+
+
+def test_corrupt_image_is_one_line_naming_the_file(tmp_path: Path) -> None:
+    bad = folder_with_a_corrupt_image(tmp_path / "data")
+    done = CliRunner().invoke(
+        app,
+        [
+            "train",
+            *TINY,
+            "data.source=folder",
+            f"data.path={tmp_path / 'data'}",
+            f"run.out_dir={tmp_path / 'runs'}",
+            "run.name=r",
+        ],
+    )
+    assert done.exit_code == 2 and isinstance(done.exception, SystemExit)
+    (line,) = lines(done.stderr)
+    assert line.startswith(f"error: cannot read image {bad}")
+    assert "Traceback" not in done.stderr
+
+
+def test_corrupt_image_is_skipped_and_counted(tmp_path: Path) -> None:
+    folder_with_a_corrupt_image(tmp_path / "data")
+    done = CliRunner().invoke(
+        app,
+        [
+            "train",
+            *TINY,
+            "data.source=folder",
+            f"data.path={tmp_path / 'data'}",
+            "data.on_error=skip",
+            f"run.out_dir={tmp_path / 'runs'}",
+            "run.name=r",
+        ],
+    )
+    assert done.exit_code == 0, done.stderr
+    records = [json.loads(x) for x in (tmp_path / "runs" / "r" / "metrics.jsonl").open()]
+    counts = [r["data_skipped"] for r in records if r["kind"] == "train"]
+    assert len(counts) == 3 and counts[-1] == 1  # the one bad file, met once and remembered
+
+
+def test_missing_data_path_fails_before_the_run_directory_exists(tmp_path: Path) -> None:
+    done = CliRunner().invoke(
+        app,
+        [
+            "train",
+            *TINY,
+            "data.source=folder",
+            f"data.path={tmp_path / 'nowhere'}",
+            f"run.out_dir={tmp_path / 'runs'}",
+            "run.name=r",
+        ],
+    )
+    assert done.exit_code == 2
+    assert lines(done.stderr) == [f"error: image folder not found: {tmp_path / 'nowhere'}"]
+    assert not (tmp_path / "runs").exists()
