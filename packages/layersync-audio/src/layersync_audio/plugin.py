@@ -1,0 +1,367 @@
+"""The audio modality: a 1-D SiT on log-mel spectrograms, flow matching + LayerSync, WAV, FAD.
+
+The pieces: ``config.py`` (sections, presets from ``presets/*.toml``), ``embedded.py`` +
+``sf2.py`` (the default data), ``data.py`` (folders, MTG-Jamendo), ``mel.py`` (the
+representation and its inversion), ``musicnn.py`` + ``fad.py`` (the metric). This module turns
+clips into model inputs, builds the model and objective, samples, writes and evaluates.
+
+Model input: the standardised log-mel ``(n_mels, frames)`` of a clip: tokens along time, all
+mel bins of a patch of frames in one token. Conditions: class labels (embedded families, folder
+classes) or multi-hot tags (MTG-Jamendo).
+"""
+
+from __future__ import annotations
+
+import json
+import warnings
+from functools import lru_cache
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+from torch.utils.data import Dataset
+
+from layersync.flow import FlowObjective
+from layersync.plugin import MetricSpec, Modality
+from layersync_audio.config import PRESETS, AudioConfig, DataConfig, MelConfig
+from layersync_audio.mel import LogMel
+
+# --------------------------------------------------------------------------------------------
+# Data: clips -> standardised log-mel
+# --------------------------------------------------------------------------------------------
+
+
+def wave_dataset(dc: DataConfig, split: str, vocabulary: list[str] | None = None) -> Dataset:
+    """The clip dataset of ``data`` for ``split`` ("train" or "eval"): items (wave, condition)."""
+    if split not in ("train", "eval"):
+        raise ValueError(f"split must be 'train' or 'eval', got {split!r}")
+    if dc.source == "embedded":
+        from layersync_audio.embedded import EmbeddedAudio
+
+        n = dc.per_family if split == "train" else dc.eval_per_family
+        return EmbeddedAudio(split, n, dc.seconds, dc.sample_rate, dc.data_seed)
+    if not dc.path:
+        raise ValueError(f"data.path is required for data.source = {dc.source!r}")
+    if dc.source == "folder":
+        from layersync_audio.data import AudioFolder
+
+        root = Path(dc.path)
+        names = ("train",) if split == "train" else ("eval", "val", "validation", "test")
+        sub = next((root / n for n in names if (root / n).is_dir()), root)
+        return AudioFolder(sub, dc.seconds, dc.sample_rate, on_error=dc.on_error)
+    from layersync_audio.data import JamendoDataset
+
+    if not dc.tsv:
+        raise ValueError("data.tsv is required for data.source = 'jamendo'")
+    tsv = dc.tsv if split == "train" else (dc.eval_tsv or dc.tsv.replace("train", "validation"))
+    return JamendoDataset(
+        dc.path,
+        tsv,
+        dc.seconds,
+        dc.sample_rate,
+        categories=tuple(dc.tag_categories),
+        vocabulary=vocabulary,
+        on_error=dc.on_error,
+    )
+
+
+def _key(*sections: Any) -> str:
+    return json.dumps([s.model_dump(mode="json") for s in sections], sort_keys=True)
+
+
+@lru_cache(maxsize=4)
+def _codec(key: str) -> LogMel:
+    dc, mc = (DataConfig(**d) if i == 0 else MelConfig(**d) for i, d in enumerate(json.loads(key)))
+    codec = LogMel(dc.sample_rate, mc.n_fft, mc.hop_length, mc.n_mels, floor=mc.floor,
+                   griffin_lim_iters=mc.griffin_lim_iters)  # fmt: skip
+    train = wave_dataset(dc, "train")
+    n = min(len(train), mc.stats_items)
+    idx = np.linspace(0, len(train) - 1, n).round().astype(int)  # spread over the classes
+    clips = torch.stack([train[int(i)][0] for i in idx])
+    return codec.fit(clips.split(64)).eval()
+
+
+def codec(cfg: Any) -> LogMel:
+    """The log-mel codec of this data, standardised by its train split (computed once)."""
+    return _codec(_key(cfg.data, cfg.mel))
+
+
+@lru_cache(maxsize=4)
+def _spec(key: str) -> tuple[int, int, str, int]:
+    dc = DataConfig(**json.loads(key)[0])
+    ds = wave_dataset(dc, "train")
+    frames = round(dc.seconds * dc.sample_rate) // json.loads(key)[1]["hop_length"]
+    if dc.source == "jamendo":
+        return frames, 0, "tags", ds.num_tags
+    return frames, ds.num_classes, "class", ds.num_classes
+
+
+def data_spec(cfg: Any) -> tuple[int, int, str, int]:
+    """(frames, classes, condition kind "class"|"tags", number of classes or tags)."""
+    return _spec(_key(cfg.data, cfg.mel))
+
+
+class MelDataset(Dataset):
+    """Items ``(log-mel (n_mels, frames), condition)`` of a clip dataset; fixed clip sets (the
+    embedded data) are encoded once and kept in memory."""
+
+    def __init__(self, clips: Dataset, codec: LogMel) -> None:
+        self.clips, self.codec = clips, codec
+        self.cache = None
+        if hasattr(clips, "waves"):  # EmbeddedAudio: fixed clips, no random crops
+            waves = torch.from_numpy(clips.waves)
+            with torch.no_grad():
+                self.cache = torch.cat([codec.encode(w) for w in waves.split(64)])
+
+    def set_epoch(self, epoch: int) -> None:
+        if hasattr(self.clips, "set_epoch"):
+            self.clips.set_epoch(epoch)
+
+    def __len__(self) -> int:
+        return len(self.clips)
+
+    def __getitem__(self, index: int) -> tuple[torch.Tensor, torch.Tensor]:
+        if self.cache is not None:
+            return self.cache[index], torch.tensor(int(self.clips.labels[index]))
+        wave, cond = self.clips[index]
+        with torch.no_grad():
+            return self.codec.encode(wave[None])[0], cond
+
+
+def build_dataset(cfg: Any, split: str) -> Dataset:
+    vocabulary = None
+    if cfg.data.source == "jamendo" and split == "eval":
+        vocabulary = wave_dataset(cfg.data, "train").vocabulary
+    return MelDataset(wave_dataset(cfg.data, split, vocabulary), codec(cfg))
+
+
+# --------------------------------------------------------------------------------------------
+# Model and objective
+# --------------------------------------------------------------------------------------------
+
+
+def build_model(cfg: Any) -> nn.Module:
+    from layersync.nn import SIT_SIZES, SiT
+
+    mc = cfg.model
+    frames, _, kind, count = data_spec(cfg)
+    arch: dict[str, int] = {}
+    if mc.arch != "custom":
+        size, _, patch = mc.arch.removeprefix("SiT-").partition("/")
+        if size not in SIT_SIZES or not patch.isdigit():
+            raise ValueError(
+                f"model.arch = {mc.arch!r}: use 'custom' or SiT-<{'|'.join(SIT_SIZES)}>/<patch>"
+            )
+        arch = {**SIT_SIZES[size], "patch_size": int(patch)}
+    for key in ("depth", "hidden_size", "num_heads", "patch_size"):
+        if getattr(mc, key) is not None:
+            arch[key] = getattr(mc, key)
+    missing = [k for k in ("depth", "hidden_size", "num_heads", "patch_size") if k not in arch]
+    if missing:
+        raise ValueError(f"model.arch = 'custom' needs model.{', model.'.join(missing)}")
+    if frames % arch["patch_size"]:
+        raise ValueError(
+            f"model.patch_size = {arch['patch_size']} does not divide the {frames} mel frames"
+        )
+    return SiT(
+        input_size=(frames,),
+        in_channels=cfg.mel.n_mels,
+        mlp_ratio=mc.mlp_ratio,
+        condition=kind,
+        num_classes=count if kind == "class" else 1000,
+        num_tags=count if kind == "tags" else 0,
+        class_dropout_prob=mc.class_dropout_prob,
+        learn_sigma=mc.learn_sigma,
+        **arch,
+    )
+
+
+def build_transport(cfg: Any):
+    from layersync.flow import Transport
+
+    tc = cfg.transport
+    return Transport(tc.path, tc.prediction, tc.loss_weight, tc.train_eps, tc.sample_eps)
+
+
+@torch.no_grad()
+def sample_mels(
+    model: nn.Module, cfg: Any, condition: torch.Tensor, generator: torch.Generator
+) -> torch.Tensor:
+    """Standardised log-mels ``(n, n_mels, frames)`` for class labels or tag vectors."""
+    from layersync.flow import guided, sample_ode, sample_sde
+
+    sc, transport = cfg.sampler, build_transport(cfg)
+    device = next(model.parameters()).device
+    model.eval()
+    null = model.num_classes if model.condition == "class" else 0.0
+    out = []
+    for y in condition.to(device).split(sc.batch_size):
+        z = torch.randn(len(y), model.in_channels, *model.input_size, generator=generator)
+        z = z.to(device)
+
+        def model_fn(x, t, y):
+            return model(x, t.expand(len(x)) if t.ndim == 0 else t, y)
+
+        if sc.cfg_scale > 1.0:
+            model_fn = guided(model_fn, cfg_scale=sc.cfg_scale, null_cond=null,
+                              interval=sc.cfg_interval)  # fmt: skip
+        if sc.mode == "ode":
+            t0, t1 = transport.ode_interval()
+            x = sample_ode(transport.velocity(model_fn), z, steps=sc.steps, method=sc.method,
+                           t0=t0, t1=t1, model_kwargs={"y": y})  # fmt: skip
+        else:
+            x = sample_sde(
+                transport, model_fn, z, steps=sc.steps, method=sc.method,
+                diffusion_form=sc.diffusion_form, diffusion_norm=sc.diffusion_norm,
+                last_step=sc.last_step, last_step_size=sc.last_step_size,
+                generator=generator, model_kwargs={"y": y},
+            )  # fmt: skip
+        out.append(x.cpu())
+    return torch.cat(out)
+
+
+# --------------------------------------------------------------------------------------------
+# FAD
+# --------------------------------------------------------------------------------------------
+
+
+def _embedding(cfg: Any) -> Any | None:
+    """The FAD network, or None (with one warning) when ``metric.fad=auto`` and it is absent."""
+    from layersync_audio.fad import load_embedding
+
+    mc = cfg.metric
+    try:
+        return load_embedding(mc.embedding, mc.weights)
+    except ValueError as e:  # AssetError (missing package/file) is a ValueError
+        if mc.fad == "on" or "metric.embedding" in str(e):
+            raise
+        warnings.warn(f"FAD skipped: {e}", stacklevel=3)
+        return None
+
+
+def reference_stats(cfg: Any, embed: Any):
+    """Embedding statistics of the real clips of ``metric.reference_split``, cached."""
+    from layersync.metrics import cached_stats
+    from layersync_audio.fad import embedding_stats
+
+    mc, dc = cfg.metric, cfg.data
+    key = {
+        "what": "fad-reference",
+        "embedding": mc.embedding,
+        "weights": mc.weights or "installed",
+        "data": dc.model_dump(mode="json"),
+        "split": mc.reference_split,
+        "count": mc.reference_count,
+    }
+
+    def compute():
+        clips = wave_dataset(dc, mc.reference_split)
+        n = len(clips) if mc.reference_count is None else min(len(clips), mc.reference_count)
+        batches = (
+            torch.stack([clips[i][0] for i in range(s, min(n, s + mc.batch_size))])
+            for s in range(0, n, mc.batch_size)
+        )
+        return embedding_stats(embed, batches, dc.sample_rate)
+
+    return cached_stats(key, compute)
+
+
+# --------------------------------------------------------------------------------------------
+# The plugin
+# --------------------------------------------------------------------------------------------
+
+
+class AudioModality(Modality):
+    name = "audio"
+    description = "1-D SiT + flow matching on log-mel spectrograms; WAV samples; FAD (musicnn)"
+    config_model = AudioConfig
+    presets = PRESETS
+    metrics = {"fad_musicnn": MetricSpec(higher_is_better=False, primary=True)}
+
+    def build_dataset(self, cfg: Any, split: str) -> Dataset:
+        return build_dataset(cfg, split)
+
+    def build_model(self, cfg: Any) -> nn.Module:
+        if cfg.metric.fad == "on":  # metric assets are checked before step 1
+            _embedding(cfg)
+        return build_model(cfg)
+
+    def build_objective(self, cfg: Any) -> FlowObjective:
+        return FlowObjective(build_transport(cfg))
+
+    def conditions(self, cfg: Any, n: int, generator: torch.Generator) -> torch.Tensor:
+        """Classes 0, 1, ..., k-1, 0, ... (one per grid column); tags: those of random real
+        train clips."""
+        _, _, kind, count = data_spec(cfg)
+        if kind == "class":
+            return torch.arange(n) % count
+        clips = wave_dataset(cfg.data, "train")
+        pick = torch.randint(len(clips), (n,), generator=generator)
+        return torch.stack([clips.target(int(i)) for i in pick])
+
+    def sample(self, model, cfg, n, condition, generator) -> torch.Tensor:
+        """Waveforms ``(n, samples)`` in [-1, 1] (Griffin-Lim phases from ``generator``)."""
+        cond = condition if condition is not None else self.conditions(cfg, n, generator)
+        mels = sample_mels(model, cfg, cond[:n], generator)
+        return codec(cfg).decode(mels, generator=generator)
+
+    def write_samples(self, samples, out_dir: Path, cfg: Any, prefix: str = "") -> list[Path]:
+        """``wav/<prefix-><i>.wav`` (16-bit) and a spectrogram grid PNG (one class per column)."""
+        from layersync.media import save_wav
+        from layersync_audio.writers import spectrogram_grid
+
+        out_dir = Path(out_dir)
+        rate = cfg.data.sample_rate
+        stem = f"{prefix}-" if prefix else ""
+        paths = [
+            save_wav(out_dir / "wav" / f"{stem}{i:04d}.wav", wave.cpu().numpy(), rate)
+            for i, wave in enumerate(samples)
+        ]
+        _, classes, kind, _ = data_spec(cfg)
+        mels = codec(cfg).log_mel(samples.cpu().float())
+        columns = classes if kind == "class" else 8
+        paths.insert(0, spectrogram_grid(mels, out_dir / f"{prefix or 'grid'}.png", columns))
+        return paths
+
+    def evaluate(self, model, cfg, out_dir: Path, generator: torch.Generator) -> dict[str, float]:
+        """FAD of ``metric.num_samples`` class-balanced samples against the reference split."""
+        from layersync.metrics import FeatureStats
+        from layersync_audio.fad import metric_name
+
+        mc = cfg.metric
+        if mc.fad == "off":
+            return {}
+        embed = _embedding(cfg)
+        if embed is None:
+            return {}
+        ref = reference_stats(cfg, embed)
+        stats, first = FeatureStats(embed.dim), None
+        for chunk in self.conditions(cfg, mc.num_samples, generator).split(mc.batch_size):
+            waves = self.sample(model, cfg, len(chunk), chunk, generator)
+            first = waves if first is None else first
+            if cfg.data.sample_rate != embed.sample_rate:
+                import torchaudio
+
+                waves = torchaudio.functional.resample(
+                    waves, cfg.data.sample_rate, embed.sample_rate
+                )
+            stats.update(embed(list(waves)).double().cpu())
+        self.write_samples(first, out_dir, cfg, prefix="fad-samples")
+        return {metric_name(mc.embedding): stats.finalize().frechet_distance(ref)}
+
+    def probe_forward(self, model, cfg, batch, t: float, generator=None):
+        """One forward at time ``t`` with the null condition; returns the class labels."""
+        x, y = batch
+        if y.ndim != 1:
+            raise NotImplementedError("layersync probe needs class labels (not tags)")
+        times = torch.full((len(x),), float(t), device=x.device, dtype=x.dtype)
+        null = torch.ones_like(y)
+        build_transport(cfg).loss(
+            lambda xt, tt: model(xt, tt, y, force_drop_ids=null), x, generator=generator, t=times
+        )
+        return y, None
+
+
+plugin = AudioModality()
