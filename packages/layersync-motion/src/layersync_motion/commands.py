@@ -1,0 +1,44 @@
+"""Motion-only commands: ``layersync motion train-evaluator``."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+app = typer.Typer(
+    help="Motion modality commands.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+)
+
+
+@app.callback()
+def main() -> None:
+    """Motion modality commands (a group, so `layersync motion train-evaluator` keeps its name)."""
+
+
+@app.command("train-evaluator")
+def train_evaluator_cmd(
+    overrides: Annotated[
+        list[str] | None, typer.Argument(help="key=value settings (data.path=..., metric.*)")
+    ] = None,
+    preset: Annotated[
+        str | None, typer.Option(help="preset whose data/metric sections to use")
+    ] = None,
+    config: Annotated[Path | None, typer.Option(help="TOML run config")] = None,
+    retrain: Annotated[bool, typer.Option(help="train again even if cached")] = False,
+) -> None:
+    """Train (once per data config) the evaluator that `metric.evaluator=trained` uses."""
+    from layersync.config import resolve
+
+    from .plugin import evaluator_key, plugin, trained_evaluator
+
+    cfg = resolve(plugin, file=config, preset=preset, overrides=overrides or [])
+    typer.echo(f"evaluator for {evaluator_key(cfg)}")
+    trained_evaluator(
+        cfg, log=lambda step, loss: typer.echo(f"step {step}: loss {loss:.4f}"), retrain=retrain
+    )
+    typer.echo("done (cached)")

@@ -1,0 +1,86 @@
+"""The motion plugin's config sections and its presets (``presets/*.toml`` in this package).
+
+Sections: ``data``, ``model``, ``diffusion``, ``sampler``, ``text``, ``metric``.
+"""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from layersync.config import load_presets
+
+
+class Section(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class DataConfig(Section):
+    source: Literal["embedded", "humanml3d", "kit"] = "embedded"
+    path: str | None = Field(None, description="HumanML3D / KIT-ML folder (humanml3d, kit)")
+    train_split: str = "train"
+    eval_split: str = "test"
+    max_len: int = Field(196, gt=0, description="frames after padding (MDM: 196)")
+    min_len: int | None = Field(None, gt=0, description="None = 40 (HumanML3D) / 24 (KIT)")
+
+
+class ModelConfig(Section):
+    latent_dim: int = Field(512, gt=0)
+    ff_size: int = Field(1024, gt=0)
+    num_layers: int = Field(8, gt=0)
+    num_heads: int = Field(4, gt=0)
+    dropout: float = Field(0.1, ge=0, lt=1)
+    cond_mask_prob: float = Field(0.1, ge=0, lt=1, description="text dropped for CFG in training")
+    mask_frames: bool = Field(False, description="padding mask in attention (the 2022 MDM: off)")
+    weights: str | None = Field(None, description="start from an official MDM model*.pt")
+
+
+class DiffusionConfig(Section):
+    steps: int = Field(1000, gt=1)
+    schedule: Literal["linear", "cosine"] = "cosine"
+    prediction: Literal["x0", "eps", "v"] = "x0"
+
+
+class SamplerConfig(Section):
+    mode: Literal["ddpm", "ddim"] = "ddpm"
+    ddim_steps: int = Field(50, gt=0)
+    eta: float = Field(0.0, ge=0)
+    cfg_scale: float = Field(2.5, ge=1.0)
+    batch_size: int = Field(64, gt=0)
+
+
+class TextConfig(Section):
+    encoder: Literal["minilm"] = "minilm"
+
+
+class MetricConfig(Section):
+    evaluator: Literal["trained", "t2m"] = Field(
+        "trained",
+        description="trained: `layersync motion train-evaluator`; t2m: official finest.tar + GloVe",
+    )
+    t2m_dir: str | None = Field(
+        None, description="folder with finest.tar, mean.npy, std.npy (evaluator=t2m)"
+    )
+    glove_dir: str | None = Field(
+        None, description="folder with our_vab_data.npy/_words.pkl/_idx.pkl (t2m)"
+    )
+    num_samples: int = Field(1024, gt=31, description="generated motions per replication")
+    replications: int = Field(20, gt=0, description="MDM wo_mm: 20")
+    diversity_times: int = Field(300, gt=0)
+    evaluator_steps: int = Field(3000, gt=0)
+    evaluator_hidden: int = Field(512, gt=0, description="motion GRU / text head width (T2M: 1024)")
+    evaluator_out: int = Field(512, gt=0)
+
+
+class MotionConfig(Section):
+    data: DataConfig = DataConfig()
+    model: ModelConfig = ModelConfig()
+    diffusion: DiffusionConfig = DiffusionConfig()
+    sampler: SamplerConfig = SamplerConfig()
+    text: TextConfig = TextConfig()
+    metric: MetricConfig = MetricConfig()
+
+
+PRESETS = load_presets("layersync_motion", "presets")
+"""demo (CPU, the embedded DeepMimic clips) and mdm-humanml3d (the paper's setting)."""
