@@ -18,7 +18,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from torch import nn
 from torch.utils.data import Dataset
 
-from layersync.plugin import LayerSyncDefaults, Modality, ObjectiveOutput
+from layersync.plugin import LayerSyncDefaults, MetricSpec, Modality, ObjectiveOutput
 
 # --------------------------------------------------------------------------------------------
 # Config sections (extra="forbid": a typo in a TOML file or override is an error)
@@ -154,6 +154,21 @@ class RectifiedFlow:
         loss = (pred.float() - (x - noise)).pow(2).mean(dim=(1, 2, 3))
         return ObjectiveOutput(loss=loss, t=t)
 
+    def loss_at(
+        self, model: nn.Module, batch: dict[str, torch.Tensor], t: torch.Tensor, noise: torch.Tensor
+    ) -> ObjectiveOutput:
+        """The same loss at given times ``t`` (B,) and ``noise`` (the ``val_loss`` metric)."""
+        x, y = batch["x"], batch["y"]
+        tt = t.to(x.device).view(-1, 1, 1, 1)
+        pred = model(tt * x + (1 - tt) * noise, t, y)
+        return ObjectiveOutput(loss=(pred.float() - (x - noise)).pow(2).mean(dim=(1, 2, 3)), t=t)
+
+    def noise_like(
+        self, batch: dict[str, torch.Tensor], generator: torch.Generator
+    ) -> torch.Tensor:
+        x = batch["x"]
+        return torch.randn(x.shape, generator=generator, device=x.device, dtype=x.dtype)
+
 
 def _item_noise(index: torch.Tensor, shape: torch.Size, device: torch.device):
     noise, times = [], []
@@ -183,6 +198,8 @@ class ToyImage(Modality):
     name = "toy-image"
     description = "template plugin: flow matching on synthetic 8x8 patterns"
     config_model = ToyImageConfig
+    # what `evaluate` returns: name -> direction and the one primary metric (bench, eval summaries)
+    metrics = {"pattern_mse": MetricSpec(higher_is_better=False, primary=True)}
     presets = {
         "demo": {
             "train": {"steps": 300, "batch_size": 32, "lr": 1e-3},

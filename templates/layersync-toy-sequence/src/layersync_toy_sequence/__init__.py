@@ -1,0 +1,1 @@
+"""Template LayerSync plugin: MDM-shaped masked sequence diffusion."""
