@@ -167,8 +167,9 @@ def test_bad_config_and_missing_weights(plugin, tmp_path):
         plugin, preset="demo", overrides=[*TINY, "metric.fad=on", f"metric.weights={missing}"]
     )
     with pytest.raises(AssetError, match=r"MSD_musicnn/\.index: cannot read"):
-        plugin.build_model(cfg)  # fad=on: the metric's weights are checked before step 1
+        plugin.check_assets(cfg)  # fad=on: the metric's weights are checked before step 1
     cfg = resolve(plugin, preset="demo", overrides=[*TINY, f"metric.weights={missing}"])
+    assert plugin.check_assets(cfg) is None
     model = plugin.build_model(cfg)  # fad=auto: training goes on, FAD skipped with a warning
     with pytest.warns(UserWarning, match="FAD skipped: .*cannot read"):
         assert plugin.evaluate(model, cfg, tmp_path, torch.Generator()) == {}

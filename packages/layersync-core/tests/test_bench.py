@@ -180,5 +180,9 @@ def test_cli_bench_sample_configured_sampler(
     done = layersync_cli(*args, "-n", "4", "--json", str(out), "model.depth=2")
     assert done.exit_code == 0, done.output
     rows = json.loads(out.read_text())["results"]
-    # the toy's Euler sampler: one call per step; it has no mode, so no formula to compare
-    assert [(r["steps"], r["nfe"], r["expected_nfe"]) for r in rows] == [(2, 2, None), (5, 5, None)]
+    # the toy's own Euler sampler (not layersync.flow's): timed and its calls counted (one per
+    # step, one batch), not described or predicted
+    assert [(r["sampler"], r["model_calls"], r["nfe"], r["expected_nfe"]) for r in rows] == [
+        ("sampler.steps=2", 2, None, None),
+        ("sampler.steps=5", 5, None, None),
+    ]

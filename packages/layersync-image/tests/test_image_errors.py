@@ -8,6 +8,7 @@ import json
 from pathlib import Path
 
 import numpy as np
+import pytest
 from PIL import Image
 from typer.testing import CliRunner
 
@@ -101,4 +102,35 @@ def test_missing_data_path_fails_before_the_run_directory_exists(tmp_path: Path)
     )
     assert done.exit_code == 2
     assert lines(done.stderr) == [f"error: image folder not found: {tmp_path / 'nowhere'}"]
+    assert not (tmp_path / "runs").exists()
+
+
+@pytest.mark.parametrize("dry_run", [False, True], ids=["train", "dry-run"])
+@pytest.mark.parametrize(
+    ("override", "culprit"),
+    [
+        ("metric.inception_weights", "metric.inception_weights: no such file"),
+        ("metric.reference", "metric.reference: no such file"),
+        ("vae.path", "vae.path: no such folder"),
+    ],
+)
+def test_missing_metric_asset_fails_before_the_run_directory_exists(
+    tmp_path: Path, override: str, culprit: str, dry_run: bool
+) -> None:
+    """Plugin.check_assets runs before anything is created: not an error after training."""
+    gone = tmp_path / "gone.pth"
+    done = CliRunner().invoke(
+        app,
+        [
+            "train",
+            *(["--dry-run"] if dry_run else []),
+            *TINY,
+            "metric.fid=on",
+            f"{override}={gone}",
+            f"run.out_dir={tmp_path / 'runs'}",
+            "run.name=r",
+        ],
+    )
+    assert done.exit_code == 2, done.stderr
+    assert lines(done.stderr) == [f"error: {culprit}: {gone}"]
     assert not (tmp_path / "runs").exists()

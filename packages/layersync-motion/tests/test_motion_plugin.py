@@ -124,3 +124,34 @@ def test_write_and_merge_samples(tmp_path):
         assert f["features"].shape == (5, 48, 263) and f["lengths"].tolist() == [40, 44, 48, 40, 44]
     lines = (tmp_path / "out" / "samples.txt").read_text().splitlines()
     assert lines[3] == "40\tcaption 1-0" and not (tmp_path / "parts").exists()
+
+
+def test_missing_evaluator_files_fail_before_training(tmp_path):
+    """check_assets (called by `train` and `--dry-run` before the run directory exists) names
+    the first missing file of the official evaluator, and passes on the embedded demo."""
+    from layersync.assets import AssetError
+    from layersync.config import resolve
+    from layersync_motion.plugin import plugin
+
+    assert plugin.check_assets(resolve(plugin, overrides=TINY)) is None
+    t2m, glove = tmp_path / "t2m", tmp_path / "glove"
+    t2m.mkdir()
+    glove.mkdir()
+    for name in ("finest.tar", "mean.npy"):
+        (t2m / name).write_bytes(b"x")
+    cfg = resolve(
+        plugin,
+        overrides=[
+            *TINY,
+            "metric.evaluator=t2m",
+            f"metric.t2m_dir={t2m}",
+            f"metric.glove_dir={glove}",
+        ],
+    )
+    with pytest.raises(
+        AssetError, match=rf"metric.t2m_dir \(std.npy\): no such file: {t2m}/std.npy"
+    ):
+        plugin.check_assets(cfg)
+    cfg = resolve(plugin, overrides=[*TINY, "metric.evaluator=t2m"])
+    with pytest.raises(AssetError, match=r"needs metric\.t2m_dir and metric\.glove_dir"):
+        plugin.check_assets(cfg)

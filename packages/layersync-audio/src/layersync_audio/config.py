@@ -8,13 +8,10 @@ from __future__ import annotations
 
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import Field
 
-from layersync.config import load_presets
-
-
-class Section(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+from layersync.config import Section, load_presets
+from layersync.flow.config import SamplerConfig, TransportConfig
 
 
 class DataConfig(Section):
@@ -55,29 +52,6 @@ class ModelConfig(Section):
     mlp_ratio: float = 4.0
     class_dropout_prob: float = Field(0.1, ge=0, lt=1)
     learn_sigma: bool = False
-
-
-class TransportConfig(Section):
-    path: Literal["linear", "gvp", "vp"] = "linear"
-    prediction: Literal["velocity", "noise", "score"] = "velocity"
-    loss_weight: Literal["velocity", "likelihood"] | None = None
-    train_eps: float | None = None
-    sample_eps: float | None = None
-
-
-class SamplerConfig(Section):
-    mode: Literal["ode", "sde"] = "ode"
-    method: Literal["euler", "heun"] = "heun"
-    steps: int = Field(50, gt=1)
-    cfg_scale: float = Field(1.0, ge=1.0)
-    cfg_interval: tuple[float, float] | None = Field(
-        None, description="guide only for t in [low, high] (t=1 is data)"
-    )
-    last_step: Literal["Mean", "Tweedie", "Euler"] | None = "Mean"
-    last_step_size: float = 0.04
-    diffusion_form: str = "sigma"
-    diffusion_norm: float = 1.0
-    batch_size: int = Field(64, gt=0)
 
 
 class MetricConfig(Section):

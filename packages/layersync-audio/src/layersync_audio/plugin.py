@@ -23,7 +23,7 @@ import torch
 from torch import nn
 from torch.utils.data import Dataset
 
-from layersync.flow import FlowObjective
+from layersync.flow import FlowObjective, build_transport
 from layersync.plugin import MetricSpec, Modality
 from layersync_audio.config import PRESETS, AudioConfig, DataConfig, MelConfig
 from layersync_audio.mel import LogMel
@@ -178,21 +178,14 @@ def build_model(cfg: Any) -> nn.Module:
     )
 
 
-def build_transport(cfg: Any):
-    from layersync.flow import Transport
-
-    tc = cfg.transport
-    return Transport(tc.path, tc.prediction, tc.loss_weight, tc.train_eps, tc.sample_eps)
-
-
 @torch.no_grad()
 def sample_mels(
     model: nn.Module, cfg: Any, condition: torch.Tensor, generator: torch.Generator
 ) -> torch.Tensor:
     """Standardised log-mels ``(n, n_mels, frames)`` for class labels or tag vectors."""
-    from layersync.flow import guided, sample_ode, sample_sde
+    from layersync.flow import run_sampler
 
-    sc, transport = cfg.sampler, build_transport(cfg)
+    sc, transport = cfg.sampler, build_transport(cfg.transport)
     device = next(model.parameters()).device
     model.eval()
     null = model.num_classes if model.condition == "class" else 0.0
@@ -204,20 +197,9 @@ def sample_mels(
         def model_fn(x, t, y):
             return model(x, t.expand(len(x)) if t.ndim == 0 else t, y)
 
-        if sc.cfg_scale > 1.0:
-            model_fn = guided(model_fn, cfg_scale=sc.cfg_scale, null_cond=null,
-                              interval=sc.cfg_interval)  # fmt: skip
-        if sc.mode == "ode":
-            t0, t1 = transport.ode_interval()
-            x = sample_ode(transport.velocity(model_fn), z, steps=sc.steps, method=sc.method,
-                           t0=t0, t1=t1, model_kwargs={"y": y})  # fmt: skip
-        else:
-            x = sample_sde(
-                transport, model_fn, z, steps=sc.steps, method=sc.method,
-                diffusion_form=sc.diffusion_form, diffusion_norm=sc.diffusion_norm,
-                last_step=sc.last_step, last_step_size=sc.last_step_size,
-                generator=generator, model_kwargs={"y": y},
-            )  # fmt: skip
+        x = run_sampler(
+            sc, transport, model_fn, z, model_kwargs={"y": y}, null_cond=null, generator=generator
+        )
         out.append(x.cpu())
     return torch.cat(out)
 
@@ -284,12 +266,16 @@ class AudioModality(Modality):
         return build_dataset(cfg, split)
 
     def build_model(self, cfg: Any) -> nn.Module:
-        if cfg.metric.fad == "on":  # metric assets are checked before step 1
-            _embedding(cfg)
         return build_model(cfg)
 
+    def check_assets(self, cfg: Any) -> None:
+        """``metric.fad=on`` needs the embedding network and its weights (with ``auto`` a
+        missing network skips FAD with a warning at evaluation)."""
+        if cfg.metric.fad == "on":
+            _embedding(cfg)
+
     def build_objective(self, cfg: Any) -> FlowObjective:
-        return FlowObjective(build_transport(cfg))
+        return FlowObjective(build_transport(cfg.transport))
 
     def conditions(self, cfg: Any, n: int, generator: torch.Generator) -> torch.Tensor:
         """Classes 0, 1, ..., k-1, 0, ... (one per grid column); tags: those of random real
@@ -358,7 +344,7 @@ class AudioModality(Modality):
             raise NotImplementedError("layersync probe needs class labels (not tags)")
         times = torch.full((len(x),), float(t), device=x.device, dtype=x.dtype)
         null = torch.ones_like(y)
-        build_transport(cfg).loss(
+        build_transport(cfg.transport).loss(
             lambda xt, tt: model(xt, tt, y, force_drop_ids=null), x, generator=generator, t=times
         )
         return y, None

@@ -16,7 +16,9 @@ and reports the median step time of each arm and their ratio. Per arm, outside t
   measured in the same process (the best of a few large matmuls in the training dtype).
 
 ``bench_sample`` times each sampler configuration and counts its model calls with a forward
-hook (one call = one function evaluation, a CFG call carries the doubled batch).
+hook (one call = one function evaluation, a CFG call carries the doubled batch). It describes
+and predicts (NFE formulas) only a ``layersync.flow.SamplerConfig`` ``sampler`` section; any
+other plugin's sampler is timed as configured with its model calls counted.
 """
 
 from __future__ import annotations
@@ -34,6 +36,7 @@ import torch
 from torch import nn
 
 from layersync import config as config_lib
+from layersync.flow.config import SamplerConfig
 from layersync.plugin import Modality
 
 # --------------------------------------------------------------------------------------------
@@ -347,16 +350,21 @@ class CallCounter:
         self.remove()
 
 
-def expected_nfe(sampler: Any) -> int | None:
-    """NFE that ``layersync.flow`` predicts for a ``sampler`` config section (None if unknown)."""
+def flow_sampler(cfg: Any) -> SamplerConfig | None:
+    """The run's ``sampler`` section when it is ``layersync.flow.SamplerConfig`` (or extends
+    it): the only sampler whose fields bench reads. Other plugins' samplers are timed as
+    configured, and their model calls counted, without a description or an NFE formula."""
+    sampler = getattr(cfg, "sampler", None)
+    return sampler if isinstance(sampler, SamplerConfig) else None
+
+
+def expected_nfe(sampler: SamplerConfig) -> int:
+    """Model calls per sampling batch that ``layersync.flow`` predicts for ``sampler``."""
     from layersync.flow import ode_nfe, sde_nfe
 
-    mode, method, steps = (getattr(sampler, k, None) for k in ("mode", "method", "steps"))
-    if mode == "ode":
-        return ode_nfe(steps, method)
-    if mode == "sde":
-        return sde_nfe(steps, method, getattr(sampler, "last_step", "Mean"))
-    return None
+    if sampler.mode == "ode":
+        return ode_nfe(sampler.steps, sampler.method)
+    return sde_nfe(sampler.steps, sampler.method, sampler.last_step)
 
 
 def sampler_variants(
@@ -406,25 +414,23 @@ def bench_sample(
                 plugin.sample(model, run_cfg, n, cond, gen)
                 synchronize(device)
                 times.append(time.perf_counter() - start)
-            sampler = getattr(run_cfg, "sampler", None)
+            sampler = flow_sampler(run_cfg)
             elapsed = statistics.median(times)
             row = {
-                "sampler": _describe(sampler),
+                "sampler": _describe(sampler, overrides),
                 "overrides": list(overrides),
-                "mode": getattr(sampler, "mode", None),
-                "method": getattr(sampler, "method", None),
-                "steps": getattr(sampler, "steps", None),
-                "cfg_scale": getattr(sampler, "cfg_scale", None),
+                **{k: getattr(sampler, k, None) for k in ("mode", "method", "steps", "cfg_scale")},
                 "n": n,
                 "seconds": elapsed,
                 "samples_per_s": n / elapsed,
                 "model_calls": counter.calls,
-                "nfe": counter.calls / _num_batches(run_cfg, n),
-                "expected_nfe": expected_nfe(sampler),
+                "nfe": None if sampler is None else counter.calls / -(-n // sampler.batch_size),
+                "expected_nfe": None if sampler is None else expected_nfe(sampler),
                 "call_batch_sizes": sorted(set(counter.batch_sizes)),
             }
             rows.append(row)
-            log(f"{row['sampler']}: {row['samples_per_s']:.2f} samples/s, NFE {row['nfe']:g}")
+            calls = f"NFE {row['nfe']:g}" if sampler else f"{counter.calls} model calls"
+            log(f"{row['sampler']}: {row['samples_per_s']:.2f} samples/s, {calls}")
     return {
         "modality": cfg.modality,
         "preset": cfg.preset,
@@ -437,15 +443,13 @@ def bench_sample(
     }
 
 
-def _describe(sampler: Any) -> str:
-    if sampler is None:
-        return "default"
-    parts = [str(getattr(sampler, k)) for k in ("mode", "method") if hasattr(sampler, k)]
-    if hasattr(sampler, "steps"):
-        parts.append(f"{sampler.steps} steps")
-    if getattr(sampler, "cfg_scale", 1.0) != 1.0:
+def _describe(sampler: SamplerConfig | None, overrides: Sequence[str]) -> str:
+    if sampler is None:  # a plugin's own sampler: what was asked of it
+        return " ".join(overrides) or "configured sampler"
+    parts = [sampler.mode, sampler.method, f"{sampler.steps} steps"]
+    if sampler.cfg_scale != 1.0:
         parts.append(f"cfg {sampler.cfg_scale:g}")
-    return " ".join(parts) or "default"
+    return " ".join(parts)
 
 
 def _head(cond: Any, k: int) -> Any:
@@ -454,12 +458,6 @@ def _head(cond: Any, k: int) -> Any:
     with contextlib.suppress(TypeError):
         return cond[:k]
     return cond
-
-
-def _num_batches(cfg: Any, n: int) -> int:
-    """Sampling batches a plugin splits ``n`` into (``sampler.batch_size`` when it has one)."""
-    size = getattr(getattr(cfg, "sampler", None), "batch_size", None) or n
-    return -(-n // size)
 
 
 # --------------------------------------------------------------------------------------------
@@ -533,7 +531,7 @@ def sample_report(result: dict[str, Any], n: int) -> Any:
             r["sampler"],
             f"{r['samples_per_s']:.2f}",
             f"{r['seconds']:.2f}",
-            f"{r['nfe']:g}",
+            "-" if r["nfe"] is None else f"{r['nfe']:g}",
             "-" if r["expected_nfe"] is None else str(r["expected_nfe"]),
             ",".join(map(str, r["call_batch_sizes"])),
         )

@@ -211,6 +211,15 @@ class Modality(ABC):
         """Sample and compute the modality's metric(s). Default: no metric."""
         return {}
 
+    def check_assets(self, cfg: Any) -> None:
+        """Raise ``layersync.assets.AssetError`` (one line naming the config key and the path or
+        the package to install) when a file the run will need later is missing: metric
+        networks, reference statistics, decoders. ``layersync train`` and ``--dry-run`` call it
+        before the run directory exists, so a missing asset never surfaces after training.
+        Override it when the plugin reads any such file; a plugin that reads none has nothing
+        to check."""
+        return None
+
     def probe_forward(
         self,
         model: nn.Module,

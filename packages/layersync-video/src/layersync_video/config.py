@@ -8,11 +8,11 @@ from __future__ import annotations
 
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import Field
 
-
-class Section(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+from layersync.config import Section
+from layersync.flow.config import SamplerConfig as FlowSamplerConfig
+from layersync.flow.config import TransportConfig
 
 
 class DataConfig(Section):
@@ -49,16 +49,7 @@ class ModelConfig(Section):
     class_dropout_prob: float = Field(0.1, ge=0, lt=1)
 
 
-class TransportConfig(Section):
-    path: Literal["linear", "gvp", "vp"] = "linear"
-    prediction: Literal["velocity", "noise", "score"] = "velocity"
-
-
-class SamplerConfig(Section):
-    mode: Literal["ode", "sde"] = "ode"
-    method: Literal["euler", "heun"] = "heun"
-    steps: int = Field(50, gt=1)
-    cfg_scale: float = Field(1.0, ge=1.0)
+class SamplerConfig(FlowSamplerConfig):
     batch_size: int = Field(32, gt=0)
     fps: float = Field(8.0, gt=0, description="GIF / MP4 frame rate")
 

@@ -21,7 +21,7 @@ from torch.utils.data import Dataset
 
 from layersync.config import ConfigError
 from layersync.fileio import atomic_write
-from layersync.flow import FlowObjective
+from layersync.flow import FlowObjective, build_transport
 from layersync.plugin import LayerSyncDefaults, MetricSpec, Modality
 from layersync_video.config import PRESETS, VideoConfig
 from layersync_video.writers import merge_sample_parts, write_clips
@@ -118,7 +118,6 @@ def check_fvd_assets(cfg: Any) -> None:
 def build_model(cfg: Any) -> nn.Module:
     from layersync.nn import SiT
 
-    check_fvd_assets(cfg)
     mc, dc = cfg.model, cfg.data
     channels, classes = data_spec(cfg)
     shape = (dc.frames, dc.size, dc.size)
@@ -152,12 +151,6 @@ def default_pair(depth: int) -> LayerSyncDefaults:
 # --------------------------------------------------------------------------------------------
 
 
-def build_transport(cfg: Any):
-    from layersync.flow import Transport
-
-    return Transport(cfg.transport.path, cfg.transport.prediction)
-
-
 def is_conditional(cfg: Any) -> bool:
     """Class-conditional (``model.condition`` "class", or "auto" with several classes)."""
     classes = data_spec(cfg)[1]
@@ -169,9 +162,10 @@ def sample_clips(
     model: nn.Module, cfg: Any, labels: torch.Tensor | None, n: int, generator: torch.Generator
 ) -> torch.Tensor:
     """``n`` clips (B, C, F, H, W) in [-1, 1] (class ``labels`` or unconditional)."""
-    from layersync.flow import guided, sample_ode, sample_sde
+    from layersync.flow import run_sampler
 
-    sc, transport = cfg.sampler, build_transport(cfg)
+    sc, transport = cfg.sampler, build_transport(cfg.transport)
+    null = None if labels is None else model.num_classes
     device = next(model.parameters()).device
     model.eval()
     out = []
@@ -183,24 +177,9 @@ def sample_clips(
         def model_fn(x, t, **kw):
             return model(x, t.expand(len(x)) if t.ndim == 0 else t, kw.get("y"))
 
-        if labels is not None and sc.cfg_scale > 1.0:
-            model_fn = guided(model_fn, cfg_scale=sc.cfg_scale, null_cond=model.num_classes)
-        if sc.mode == "ode":
-            t0, t1 = transport.ode_interval()
-            x = sample_ode(
-                transport.velocity(model_fn),
-                z,
-                steps=sc.steps,
-                method=sc.method,
-                t0=t0,
-                t1=t1,
-                model_kwargs=kwargs,
-            )
-        else:
-            x = sample_sde(
-                transport, model_fn, z, steps=sc.steps, method=sc.method,
-                generator=generator, model_kwargs=kwargs,
-            )  # fmt: skip
+        x = run_sampler(
+            sc, transport, model_fn, z, model_kwargs=kwargs, null_cond=null, generator=generator
+        )
         out.append(x.clamp(-1, 1))
     return torch.cat(out)
 
@@ -295,6 +274,9 @@ class VideoModality(Modality):
     def build_model(self, cfg: Any) -> nn.Module:
         return build_model(cfg)
 
+    def check_assets(self, cfg: Any) -> None:
+        check_fvd_assets(cfg)
+
     def block_names(self, cfg: Any, model: nn.Module) -> list[str]:
         return [f"blocks.{i}" for i in range(len(model.blocks))]
 
@@ -302,7 +284,7 @@ class VideoModality(Modality):
         return default_pair(model_dims(cfg)["depth"])
 
     def build_objective(self, cfg: Any) -> FlowObjective:
-        return FlowObjective(build_transport(cfg), conditional=is_conditional(cfg))
+        return FlowObjective(build_transport(cfg.transport), conditional=is_conditional(cfg))
 
     def conditions(self, cfg: Any, n: int, generator: torch.Generator) -> torch.Tensor | None:
         """Class labels 0, 1, ..., k-1, 0, ... (one class per grid column), or None."""
@@ -329,7 +311,7 @@ class VideoModality(Modality):
         times = torch.full((len(x),), float(t), device=x.device, dtype=x.dtype)
         labels = y if is_conditional(cfg) else None
         drop = None if labels is None else torch.ones_like(labels)
-        build_transport(cfg).loss(
+        build_transport(cfg.transport).loss(
             lambda xt, tt: model(xt, tt, labels, force_drop_ids=drop),
             x,
             generator=generator,

@@ -150,6 +150,7 @@ class Trainer:
             require_wandb()
         if info.is_main and not resume and not overwrite:
             rundir.check_free(run_dir)
+        plugin.check_assets(cfg)  # metric networks etc.: missing now, not after training
         # Everything is built and checked (pairs against the depth, data, checkpoint) before
         # the run directory is created: a failed start leaves nothing behind.
         start = None

@@ -44,6 +44,7 @@ def layersync_notes(
 def plan(cfg: Any, plugin: Modality) -> list[tuple[str, str]]:
     """Model size, taps, pairs, λ, batch split, steps, optimizer, devices of a run."""
     c = cfg
+    plugin.check_assets(c)  # as `train` does before creating the run directory
     model = plugin.build_model(c)
     params = sum(p.numel() for p in model.parameters())
     trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
