@@ -146,13 +146,16 @@ def test_cli_convergence_outputs_resume_and_reuse(layersync_cli: Callable, tmp_p
     else:  # layersync-core without the plots extra: the data is still written, no figure
         assert not (out / "convergence.png").exists() and (out / "convergence.csv").is_file()
 
-    # the arms differ only in LayerSync: same seed, pair term logged in the LayerSync run only
+    # the arms differ only in λ (vanilla: 0, measured by the taps); same seed; both arms log
+    # the pair's cosine and the block diagnostics, the term is non-zero in the LayerSync arm only
     van_cfg = read_toml(out / "vanilla-seed1" / "config.toml")
     ls_cfg = read_toml(out / "layersync-seed1" / "config.toml")
-    assert van_cfg["layersync"]["enabled"] is False and ls_cfg["layersync"]["enabled"] is True
+    assert van_cfg["layersync"]["weight"] == 0 and ls_cfg["layersync"].get("weight") != 0
     assert van_cfg["run"]["seed"] == ls_cfg["run"]["seed"] == 1
-    train_ls = [r for r in lines(out / "layersync-seed1" / "metrics.jsonl") if r["kind"] == "train"]
-    assert all("cos/2<-3" in r for r in train_ls)
+    for arm in ("vanilla", "layersync"):
+        train = [r for r in lines(out / f"{arm}-seed1" / "metrics.jsonl") if r["kind"] == "train"]
+        assert all({"cos/2<-3", "rms/2", "rms/3", "rel/2<-3"} <= set(r) for r in train)
+        assert all((r["layersync"] == 0) == (arm == "vanilla") for r in train)
 
     before = {p: p.read_bytes() for p in out.glob("*/metrics.jsonl")}
     again = invoke(layersync_cli, out, 6)  # finished arms are reused as they are

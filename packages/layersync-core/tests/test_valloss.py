@@ -198,6 +198,13 @@ def test_shortcut_warning_fires_on_norm_growth_at_cos_one_only() -> None:
     logged = _logged(sync, other, x)
     assert logged["cos/2<-3"] < 0.99 and sync.shortcut_warnings(logged) == []
 
+    vanilla = Stack()  # the same shortcut with λ = 0 (a measured vanilla arm): no warning
+    sync = LayerSync(vanilla, pairs="2<-3", weight=0.0, warn=False)
+    _logged(sync, vanilla, x)
+    vanilla.blocks[1].a = 3.0
+    logged = _logged(sync, vanilla, x)
+    assert logged["cos/2<-3"] > 0.99 and sync.shortcut_warnings(logged) == []
+
 
 def test_probe_reads_and_plots_the_logged_diagnostics(tmp_path: Path) -> None:
     from layersync.probe import diagnostics_curves
@@ -225,3 +232,12 @@ def test_probe_reads_and_plots_the_logged_diagnostics(tmp_path: Path) -> None:
 
     png = plot_diagnostics({"run": curves}, tmp_path / "diagnostics.png")
     assert png.stat().st_size > 5000
+
+
+def test_progress_bar_status_shows_the_diagnostics() -> None:
+    from layersync.train.logging import _status_line
+
+    line = _status_line(
+        {"diffusion": 0.5, "layersync": -0.19, "cos/2<-4": 0.95, "rel/2<-4": 0.125, "rms/2": 1.5}
+    )
+    assert line == "diffusion 0.5000  reg -0.1900  cos[2<-4] 0.950  rel[2<-4] 0.125  rms[2] 1.50"

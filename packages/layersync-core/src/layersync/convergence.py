@@ -1,7 +1,10 @@
 """Convergence A/B: vanilla and LayerSync arms as ordinary runs, compared on the plugin metric.
 
-Both arms of a seed share everything but ``layersync.enabled``: the seed (so the initial
-weights, data order and noise), the steps and the evaluation points (``log.eval_every``). Each
+Both arms of a seed share everything but λ: the seed (so the initial weights, data order and
+noise), the pairs, the steps and the evaluation points (``log.eval_every``). The vanilla arm
+runs with ``layersync.weight=0``: the taps measure its blocks (``cos/``, ``rms/``, ``rel/`` in
+metrics.jsonl, so both arms' diagnostics compare) while its training is bit-identical to
+``layersync.enabled=false`` (a zero-weight term adds exactly zero gradient; tested). Each
 arm is a normal run directory under ``OUT/<arm>-seed<k>``: a finished arm is reused, an
 unfinished one resumes from its last checkpoint (``--resume latest``), so the command can be
 interrupted and re-run, or re-run with more steps to extend the curves.
@@ -52,7 +55,8 @@ def arm_config(
             f"run.seed={seed}",
             f"train.steps={steps}",
             f"log.eval_every={eval_every}",
-            f"layersync.enabled={'true' if arm == 'layersync' else 'false'}",
+            "layersync.enabled=true",
+            *([] if arm == "layersync" else ["layersync.weight=0"]),  # measured, not trained
         ],
     )
 
@@ -88,8 +92,8 @@ def check_same_run(run_dir: Path, cfg: Any, plugin: Modality) -> None:
     """Refuse to reuse a run directory trained with another config.
 
     Ignored: the steps and logging, where the run lives (``run.out_dir``/``run.name``: a moved
-    or linked run is the same run) and, when LayerSync is off in both, its settings (a vanilla
-    arm can then be shared by several λ studies)."""
+    or linked run is the same run) and, when both are vanilla (LayerSync off or λ = 0), the
+    LayerSync settings (one vanilla arm can then be shared by several λ studies)."""
     from layersync import config as config_lib
 
     saved = run_dir / "config.toml"
@@ -97,7 +101,9 @@ def check_same_run(run_dir: Path, cfg: Any, plugin: Modality) -> None:
         return
     old = config_lib.resolve(plugin, file=saved).model_dump(mode="json")
     new = cfg.model_dump(mode="json")
-    vanilla = not old["layersync"]["enabled"] and not new["layersync"]["enabled"]
+    vanilla = all(
+        not d["layersync"]["enabled"] or d["layersync"]["weight"] == 0 for d in (old, new)
+    )
     for data in (old, new):
         data["train"].pop("steps")
         data.pop("log")

@@ -283,6 +283,8 @@ class LayerSync:
         satisfied by inflating the student's norm and collapsing the blocks between student and
         teacher, not by better features (see ``layersync probe`` and ``rel/<pair>``)."""
         lines = []
+        if logged.get("weight", 1.0) == 0:  # a measured vanilla arm: no term, no shortcut
+            return lines
         for p in self.pairs:
             key, rms = f"cos/{p}", f"rms/{p.student}"
             if p in self._warned or key not in logged or rms not in logged:

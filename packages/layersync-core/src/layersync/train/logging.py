@@ -142,6 +142,9 @@ def _status_line(metrics: dict[str, Any]) -> str:
     if "layersync" in metrics:
         parts.append(f"reg {metrics['layersync']:.4f}")
     parts += [f"cos[{k[4:]}] {v:.3f}" for k, v in metrics.items() if k.startswith("cos/")]
+    # the block diagnostics: update size between the pair's blocks, residual RMS of each block
+    parts += [f"rel[{k[4:]}] {v:.3f}" for k, v in metrics.items() if k.startswith("rel/")]
+    parts += [f"rms[{k[4:]}] {v:.2f}" for k, v in metrics.items() if k.startswith("rms/")]
     return "  ".join(parts)
 
 
