@@ -80,7 +80,9 @@ def test_auto_precision_refuses_emulated_bf16(monkeypatch) -> None:
     assert autocast_dtype("auto", torch.device("cpu")) is None
 
 
-def test_train_records_the_backends(toy_plugins: Path, tmp_path: Path, restore_backends) -> None:
+def test_train_records_the_backends(
+    toy_plugins: Path, tmp_path: Path, restore_backends, monkeypatch
+) -> None:
     from layersync.config import resolve
     from layersync.registry import load
     from layersync.train import train
@@ -96,8 +98,32 @@ def test_train_records_the_backends(toy_plugins: Path, tmp_path: Path, restore_b
             "log.progress=false",
             "sampler.steps=2",
             "data.size=64",
+            "train.matmul=strict",
         ],
     )
+    monkeypatch.delenv("LAYERSYNC_MATMUL", raising=False)
     run = train(cfg, plugin)
     env = json.loads((run / "env.json").read_text())
-    assert env["backends"]["float32_matmul_precision"] == "high"
+    assert env["backends"]["float32_matmul_precision"] == "highest"
+    beside_metrics = json.loads((run / "eval" / "0000001" / "backends.json").read_text())
+    assert beside_metrics == env["backends"]
+    assert (run / "eval" / "0000001" / "metrics.json").is_file()
+
+
+def test_config_fields_set_the_backends_and_the_environment_overrides(
+    monkeypatch, restore_backends
+) -> None:
+    from types import SimpleNamespace
+
+    monkeypatch.delenv("LAYERSYNC_MATMUL", raising=False)
+    monkeypatch.delenv("LAYERSYNC_DETERMINISTIC", raising=False)
+    strict = SimpleNamespace(train=SimpleNamespace(matmul="strict", deterministic=True))
+    record = configure_backends(strict)
+    assert record["float32_matmul_precision"] == "highest" and record["cudnn_allow_tf32"] is False
+    assert record["deterministic_algorithms"] is True
+    monkeypatch.setenv("LAYERSYNC_MATMUL", "tf32")
+    monkeypatch.setenv("LAYERSYNC_DETERMINISTIC", "0")
+    record = configure_backends(strict)
+    assert (
+        record["float32_matmul_precision"] == "high" and record["deterministic_algorithms"] is False
+    )

@@ -189,6 +189,17 @@ class TrainSection(Section):
         "auto", description="auto = bf16 autocast on CUDA, fp32 on CPU"
     )
     compile: bool = False
+    matmul: Literal["tf32", "strict"] = Field(
+        "tf32",
+        description="float32 matmuls/convolutions: tf32 (tensor cores where the GPU has them) or "
+        "strict IEEE fp32; every command that loads the run uses the same ($LAYERSYNC_MATMUL "
+        "overrides)",
+    )
+    deterministic: bool = Field(
+        False,
+        description="deterministic CUDA kernels (cuBLAS workspace, math attention): a resumed run "
+        "repeats bit for bit on GPUs too, slower ($LAYERSYNC_DETERMINISTIC overrides)",
+    )
     distributed: Literal["ddp", "fsdp"] = "ddp"
     num_workers: int = Field(0, ge=0)
     nonfinite: Literal["stop", "skip"] = Field(

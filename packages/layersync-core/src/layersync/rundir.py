@@ -6,7 +6,8 @@ runs/<name>/
   metrics.jsonl        one JSON line per log interval (kind: train | eval)
   checkpoints/<step>/  model/ema safetensors, train_state.pt, rng.pt; `last` names the newest
   samples/             periodic EMA grids (<step>.png ...) and `layersync sample` outputs
-  eval/<step>/         metrics.json and what the plugin's metric writes
+  eval/<step>/         metrics.json, backends.json (matmul precision, determinism) and what
+                       the plugin's metric writes
   probe/               `layersync probe` reports
 """
 
@@ -22,6 +23,7 @@ from layersync.fileio import atomic_write
 CONFIG = "config.toml"
 ENV = "env.json"
 METRICS = "metrics.jsonl"
+BACKENDS = "backends.json"
 CHECKPOINTS = "checkpoints"
 SAMPLES = "samples"
 EVAL = "eval"

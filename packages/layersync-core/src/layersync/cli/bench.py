@@ -98,7 +98,10 @@ def bench_sample_command(
     if run is not None:
         plugin, cfg, model, _ = load_model(run, None, None, None, None, overrides)
     else:
+        from layersync.backends import configure_backends
+
         plugin, cfg = resolve_config(modality, config, preset, overrides)
+        configure_backends(cfg)  # as `train` and `sample` would run it
         torch.manual_seed(cfg.run.seed)
         model = plugin.build_model(cfg)  # the cost does not depend on the weights
     pairs = []

@@ -210,10 +210,10 @@ def load_model(
         target = None
     if (target is None) == (weights is None):
         fail("give a run/checkpoint directory, or --weights FILE with --modality/--preset")
-    configure_backends()  # the same matmul precision as training: the same numbers
     if weights is not None:
         check_weights_file(weights)
         plugin, cfg = resolve_config(modality, config, preset, overrides)
+        configure_backends(cfg)
         model = plugin.build_model(cfg)
         try:
             plugin.load_weights(model, weights)
@@ -228,6 +228,7 @@ def load_model(
         fail(f"{cfg_file}: missing; sample/eval need the run's config")
     plugin = load_plugin(read_toml(cfg_file)["modality"])
     cfg = resolve(plugin, file=cfg_file, overrides=overrides or [])
+    configure_backends(cfg)  # the run's matmul precision: the same numbers as its own eval
     model = plugin.build_model(cfg)
     which = "model" if raw else "ema"
     state = load_weights(ckpt, which)

@@ -88,6 +88,7 @@ def evaluate(
 
     from layersync import distributed as dist
     from layersync import rundir
+    from layersync.backends import backends_record
     from layersync.convergence import metric_direction
     from layersync.train import EVAL_SEED_OFFSET
     from layersync.valloss import ValLoss
@@ -119,6 +120,7 @@ def evaluate(
     if not info.is_main:
         return
     rundir.write_json(out_dir / "metrics.json", metrics)
+    rundir.write_json(out_dir / rundir.BACKENDS, backends_record())
     name, higher = metric_direction(plugin, list(metrics), metric)
     table = Table(title=f"{plugin.name} metrics ({out_dir})")
     table.add_column("metric")

@@ -33,7 +33,7 @@ from torch.distributed.checkpoint.state_dict import (
 from layersync import config as config_lib
 from layersync import distributed as dist
 from layersync import rundir
-from layersync.backends import configure_backends
+from layersync.backends import backends_record, configure_backends
 from layersync.loss import LayerSync, WeightSchedule
 from layersync.plugin import Modality
 from layersync.rundir import run_dir_of
@@ -157,7 +157,7 @@ class Trainer:
         if resume is not None:
             target = run_dir if resume == "latest" else resume  # rank 0 decides: one view
             start = dist.on_rank0(lambda: ckpt.resolve_checkpoint(target))
-        configure_backends()  # as every other command: eval reproduces training
+        configure_backends(cfg)  # as every command that loads this run: eval reproduces it
 
         seed_everything(cfg.run.seed)  # the same init on every rank (FSDP2 does not broadcast)
         model = plugin.build_model(cfg).to(info.device)
@@ -582,6 +582,7 @@ class Trainer:
             # -- end val_loss ---------------------------------------------------------------------
         if metrics and self.info.is_main:
             rundir.write_json(out_dir / "metrics.json", metrics)
+            rundir.write_json(out_dir / rundir.BACKENDS, backends_record())
             if logger is not None:
                 logger.log(step, metrics, kind="eval")
         return metrics
