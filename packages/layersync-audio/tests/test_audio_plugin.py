@@ -207,3 +207,19 @@ def test_fad_separates_real_from_noise(plugin):
     # 32 kHz input is resampled to the network's 16 kHz: same statistics up to resampling error
     up = torch.nn.functional.interpolate(evals[:, None], scale_factor=2, mode="linear")[:, 0]
     assert fad(s_train, embedding_stats(embed, [up], 32000)) == pytest.approx(real, rel=0.2)
+
+
+def test_declared_metric_follows_the_embedding(plugin):
+    """FAD values compare only per network: the declared name carries it (eval and bench
+    convergence read ``metrics_for``)."""
+    from layersync.convergence import metric_direction
+
+    spec = plugin.metrics["fad_musicnn"]
+    vggish = resolve(plugin, preset="demo", overrides=[*TINY, "metric.embedding=vggish"])
+    assert plugin.metrics_for(vggish) == {"fad_vggish": spec}
+    assert plugin.metrics_for(resolve(plugin, preset="demo", overrides=TINY)) == {
+        "fad_musicnn": spec
+    }
+    # the vggish run's primary metric is found, lower is better
+    found = metric_direction(plugin, ["val_loss", "fad_vggish"], cfg=vggish)
+    assert found == ("fad_vggish", False)

@@ -123,7 +123,7 @@ def test_wrong_time_convention_and_undeclared_metrics(toy_sequence, tmp_path):
 
     undeclared = broken(type(toy_sequence.plugin), metrics={})
     msg = _failure(undeclared, SEQ, tmp_path, skip=("train_resume",))
-    assert "evaluate returned ['template_mse'] but Modality.metrics declares []" in msg
+    assert "evaluate returned ['template_mse'] but Modality.metrics_for(cfg) declares []" in msg
     two = {"a": MetricSpec(primary=True), "b": MetricSpec(primary=True)}
     msg = _failure(broken(type(toy_sequence.plugin), metrics=two), SEQ, tmp_path)
     assert "exactly one metric primary=True, found ['a', 'b']" in msg

@@ -85,9 +85,9 @@ def test_default_pairs_follow_the_xl_ratio():
 def test_metrics_declare_fvd_lower_is_better():
     spec = plugin.metrics["fvd64_16f"]
     assert not spec.higher_is_better and spec.primary
-    assert "fvd6_16f" in plugin.metrics and "fid" not in plugin.metrics
-    assert "fvd2048_16f" in plugin.metrics and "fvd_16f" not in plugin.metrics
     assert dict(plugin.metrics) == {"fvd64_16f": spec}  # the static declaration: the demo's n
+    assert plugin.metrics_for(resolve("metric.num_samples=2048")) == {"fvd2048_16f": spec}
+    assert plugin.metrics_for(resolve()) == {"fvd64_16f": spec}
 
 
 # -----------------------------------------------------------------------------

@@ -262,6 +262,12 @@ class AudioModality(Modality):
     presets = PRESETS
     metrics = {"fad_musicnn": MetricSpec(higher_is_better=False, primary=True)}
 
+    def metrics_for(self, cfg: Any) -> dict[str, MetricSpec]:
+        """``fad_<network>`` of ``metric.embedding`` (FAD values compare only per network)."""
+        from layersync_audio.fad import metric_name
+
+        return {metric_name(cfg.metric.embedding): MetricSpec(higher_is_better=False, primary=True)}
+
     def build_dataset(self, cfg: Any, split: str) -> Dataset:
         return build_dataset(cfg, split)
 

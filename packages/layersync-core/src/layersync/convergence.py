@@ -175,15 +175,21 @@ def metric_direction(
     available: Sequence[str],
     metric: str | None = None,
     higher_is_better: bool | None = None,
+    cfg: Any = None,
 ) -> tuple[str, bool]:
     """The metric to compare on and whether higher is better.
 
-    Default: the plugin's primary metric (``Modality.metrics``) and its declared direction;
+    Default: the plugin's primary metric (``Modality.metrics_for(cfg)``, or ``Modality.metrics``
+    without a config) and its declared direction;
     ``metric`` picks another (its declared direction, else lower is better); an explicit
     ``higher_is_better`` overrides the direction. Plugins declaring nothing: the first of
     ``available``, lower is better.
     """
-    declared = dict(getattr(plugin, "metrics", {}) or {})
+    metrics_for = getattr(plugin, "metrics_for", None)
+    if cfg is not None and callable(metrics_for):
+        declared = dict(metrics_for(cfg) or {})
+    else:
+        declared = dict(getattr(plugin, "metrics", {}) or {})
     if metric is None:
         primary = [name for name, spec in declared.items() if spec.primary and name in available]
         if primary:
@@ -316,7 +322,7 @@ def run_convergence(
             arm_cfg = arm_config(plugin, cfg, out_dir, arm, seed, steps, eval_every)
             run_dirs[arm][seed] = ensure_run(arm_cfg, plugin, log)
     available = reported_metrics(run_dirs["vanilla"][seeds[0]])
-    metric, higher = metric_direction(plugin, available, metric, higher_is_better)
+    metric, higher = metric_direction(plugin, available, metric, higher_is_better, cfg)
     lower_is_better = not higher
     curves = {
         arm: {seed: eval_curve(d, metric, up_to=steps) for seed, d in dirs.items()}

@@ -111,7 +111,9 @@ class Modality(ABC):
     """Named nested overrides (core and plugin sections). Must contain ``"demo"``."""
     default_preset: ClassVar[str] = "demo"
     metrics: ClassVar[Mapping[str, MetricSpec]] = {}
-    """The metrics ``evaluate`` reports, by name; exactly one should be ``primary``."""
+    """The metrics ``evaluate`` reports, by name; exactly one should be ``primary``. When the
+    names depend on the config (a sample count or a network in the name), this lists the demo
+    preset's and ``metrics_for`` gives a config's."""
 
     # -- data and model ---------------------------------------------------------------------
     @abstractmethod
@@ -210,6 +212,11 @@ class Modality(ABC):
     ) -> dict[str, float]:
         """Sample and compute the modality's metric(s). Default: no metric."""
         return {}
+
+    def metrics_for(self, cfg: Any) -> Mapping[str, MetricSpec]:
+        """The metrics ``evaluate`` reports under ``cfg`` (``eval``, ``bench convergence`` and
+        the conformance suite read this). Default: ``metrics``."""
+        return self.metrics
 
     def check_assets(self, cfg: Any) -> None:
         """Raise ``layersync.assets.AssetError`` (one line naming the config key and the path or

@@ -165,7 +165,7 @@ def _check_config(plugin: Modality, ctx: dict[str, Any]) -> None:
 
 
 def _check_metrics(plugin: Modality, ctx: dict[str, Any]) -> None:
-    metrics = dict(plugin.metrics)
+    metrics = dict(plugin.metrics_for(ctx["cfg"]))
     bad = [k for k, v in metrics.items() if not isinstance(v, MetricSpec)]
     if bad:
         raise _Fail(f"Modality.metrics values must be MetricSpec: {bad}")
@@ -415,11 +415,12 @@ def _check_evaluate(plugin: Modality, ctx: dict[str, Any]) -> None:
     out_dir.mkdir(parents=True, exist_ok=True)
     with torch.no_grad():
         result = plugin.evaluate(model.eval(), cfg, out_dir, torch.Generator().manual_seed(4))
-    declared = set(plugin.metrics)
+    declared = set(plugin.metrics_for(cfg))
     got = set(result or {})
     if got != declared:
         raise _Fail(
-            f"evaluate returned {sorted(got)} but Modality.metrics declares {sorted(declared)}"
+            f"evaluate returned {sorted(got)} but Modality.metrics_for(cfg) declares "
+            f"{sorted(declared)}"
         )
     bad = {k: v for k, v in (result or {}).items() if not _is_finite_number(v)}
     if bad:

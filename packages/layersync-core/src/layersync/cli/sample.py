@@ -121,7 +121,7 @@ def evaluate(
         return
     rundir.write_json(out_dir / "metrics.json", metrics)
     rundir.write_json(out_dir / rundir.BACKENDS, backends_record())
-    name, higher = metric_direction(plugin, list(metrics), metric)
+    name, higher = metric_direction(plugin, list(metrics), metric, cfg=cfg)
     table = Table(title=f"{plugin.name} metrics ({out_dir})")
     table.add_column("metric")
     table.add_column("value", justify="right")
