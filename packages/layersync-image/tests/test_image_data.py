@@ -410,3 +410,29 @@ def test_save_npz_and_png(tmp_path):
     np.testing.assert_array_equal(
         np.asarray(Image.open(save_png(gray, tmp_path / "g.png"))), gray[..., 0]
     )
+
+
+@pytest.mark.parametrize("source", ["digits", "array"])
+def test_config_hflip_reaches_every_source(tmp_path, source):
+    """data.hflip=true flips training items of every source (digits and arrays included);
+    the eval split never flips."""
+    from layersync.config import resolve
+    from layersync_image.data import build_dataset
+    from layersync_image.plugin import plugin
+
+    extra = []
+    if source == "array":
+        images = np.random.default_rng(0).integers(0, 256, (40, 8, 8, 3), dtype=np.uint8)
+        np.savez(tmp_path / "a.npz", images=images, labels=np.arange(40) % 4)
+        extra = ["data.source=array", f"data.path={tmp_path / 'a.npz'}"]
+    flips = resolve(plugin, overrides=[*extra, "data.hflip=true"])
+    plain = build_dataset(resolve(plugin, overrides=extra), "train")
+    ds = build_dataset(flips, "train")
+    ds.seed = 3
+    changed = [not torch.equal(ds[i][0], plain[i][0]) for i in range(40)]
+    for i in range(40):
+        want = plain[i][0].flip(-1) if changed[i] else plain[i][0]
+        torch.testing.assert_close(ds[i][0], want)
+    assert 8 < sum(changed) < 32  # p = 0.5 (symmetric items could only lower the count)
+    evals = build_dataset(flips, "eval")
+    assert not evals.hflip

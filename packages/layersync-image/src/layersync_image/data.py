@@ -251,6 +251,7 @@ def digits(
     resize: Resize = "bilinear",
     test_fraction: float = 0.1,
     split_seed: int = 0,
+    hflip: bool = False,
 ) -> InMemoryDataset:
     """scikit-learn's 1797 real 8x8 handwritten digits (values 0..16 -> [-1, 1]), 1 channel,
     10 classes. The split is a fixed permutation (``split_seed``): ``round(test_fraction * 1797)``
@@ -272,6 +273,7 @@ def digits(
         num_classes=10,
         image_size=image_size,
         resize=resize,
+        hflip=hflip,
         name=f"digits[{split}]",
     )
 
@@ -429,7 +431,7 @@ def build_dataset(cfg: Any, split: str) -> Dataset:
     size = {} if dc.image_size is None else {"image_size": dc.image_size}
     flip = dc.hflip and train
     if dc.source == "digits":
-        return digits("train" if train else "test", **size)
+        return digits("train" if train else "test", hflip=flip, **size)
     if dc.source == "latents":
         from layersync_image.latents import LatentDataset
 
@@ -455,7 +457,7 @@ def build_dataset(cfg: Any, split: str) -> Dataset:
         return ImageFolderDataset(
             sub if sub.is_dir() else root, dc.image_size or 256, hflip=flip, on_error=dc.on_error
         )
-    return ArrayDataset(_required_path(dc), **size)
+    return ArrayDataset(_required_path(dc), hflip=flip, **size)
 
 
 def _required_path(dc: Any) -> str:
