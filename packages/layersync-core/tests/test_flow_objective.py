@@ -55,3 +55,40 @@ def test_noise_like_draws_from_a_cpu_generator_with_the_data_dtype() -> None:
     b = torch.randn(2, 3, 8, generator=torch.Generator().manual_seed(1), dtype=torch.float64)
     assert a.dtype == torch.float64
     torch.testing.assert_close(a, b, rtol=0, atol=0)
+
+
+def test_sample_sit_batches_guidance_and_determinism() -> None:
+    """Batches of sampler.batch_size (5 = 3 + 2), the doubled batch of classifier-free guidance
+    only when there is a condition, the null label in its second half, same seed = same
+    samples, and a different label = different samples."""
+    from layersync.flow import SamplerConfig, sample_sit
+
+    model = _sit("class")
+    sizes: list[int] = []
+    nulls: list[bool] = []
+
+    def record(module, args, kwargs):
+        x, y = args[0], args[2] if len(args) > 2 else kwargs.get("y")
+        sizes.append(len(x))
+        nulls.append(bool(y is not None and (y == model.num_classes).any()))
+
+    hook = model.register_forward_pre_hook(record, with_kwargs=True)
+    sc = SamplerConfig(mode="ode", method="euler", steps=3, cfg_scale=2.0, batch_size=3)
+    labels = torch.tensor([0, 1, 2, 3, 0])
+    a = sample_sit(model, sc, Transport(), 5, labels, torch.Generator().manual_seed(1), 4)
+    assert a.shape == (5, 3, 8) and sizes == [6, 6, 6, 4, 4, 4] and all(nulls)
+    sizes.clear()
+    nulls.clear()
+    b = sample_sit(model, sc, Transport(), 5, labels, torch.Generator().manual_seed(1), 4)
+    torch.testing.assert_close(a, b, rtol=0, atol=0)
+    other = sample_sit(
+        model, sc, Transport(), 5, labels.flip(0), torch.Generator().manual_seed(1), 4
+    )
+    assert not torch.allclose(a[1:4], other[1:4])  # labels 1, 2, 3 -> 3, 2, 1: row 2 alike
+    hook.remove()
+
+    uncond = _sit("none")
+    sizes.clear()
+    uncond.register_forward_pre_hook(record, with_kwargs=True)
+    out = sample_sit(uncond, sc, Transport(), 5, None, torch.Generator().manual_seed(1), 4)
+    assert out.shape == (5, 3, 8) and sizes == [3, 3, 3, 2, 2, 2]  # no guidance without y

@@ -183,25 +183,13 @@ def sample_mels(
     model: nn.Module, cfg: Any, condition: torch.Tensor, generator: torch.Generator
 ) -> torch.Tensor:
     """Standardised log-mels ``(n, n_mels, frames)`` for class labels or tag vectors."""
-    from layersync.flow import run_sampler
+    from layersync.flow import sample_sit
 
-    sc, transport = cfg.sampler, build_transport(cfg.transport)
-    device = next(model.parameters()).device
-    model.eval()
-    null = model.num_classes if model.condition == "class" else 0.0
-    out = []
-    for y in condition.to(device).split(sc.batch_size):
-        z = torch.randn(len(y), model.in_channels, *model.input_size, generator=generator)
-        z = z.to(device)
-
-        def model_fn(x, t, y):
-            return model(x, t.expand(len(x)) if t.ndim == 0 else t, y)
-
-        x = run_sampler(
-            sc, transport, model_fn, z, model_kwargs={"y": y}, null_cond=null, generator=generator
-        )
-        out.append(x.cpu())
-    return torch.cat(out)
+    null = model.num_classes if model.condition == "class" else 0.0  # tags: the zero vector
+    transport = build_transport(cfg.transport)
+    return sample_sit(
+        model, cfg.sampler, transport, len(condition), condition, generator, null_cond=null
+    ).cpu()
 
 
 # --------------------------------------------------------------------------------------------

@@ -80,25 +80,12 @@ def sample_latents(
     model: nn.Module, cfg: Any, labels: torch.Tensor, generator: torch.Generator
 ) -> torch.Tensor:
     """Samples in the model's space (pixels in [-1, 1] or latents) for ``labels``."""
-    from layersync.flow import run_sampler
+    from layersync.flow import sample_sit
 
-    sc, transport = cfg.sampler, build_transport(cfg.transport)
-    device = next(model.parameters()).device
-    model.eval()
-    c, size = model.in_channels, model.input_size
-    out = []
-    for y in labels.to(device).split(sc.batch_size):
-        z = torch.randn(len(y), c, size, size, generator=generator, device=device)
-
-        def model_fn(x, t, y):
-            return model(x, t.expand(len(x)) if t.ndim == 0 else t, y)
-
-        x = run_sampler(
-            sc, transport, model_fn, z, model_kwargs={"y": y}, null_cond=model.num_classes,
-            generator=generator,
-        )  # fmt: skip
-        out.append(x)
-    return torch.cat(out)
+    transport = build_transport(cfg.transport)
+    return sample_sit(
+        model, cfg.sampler, transport, len(labels), labels, generator, null_cond=model.num_classes
+    )
 
 
 @lru_cache(maxsize=2)

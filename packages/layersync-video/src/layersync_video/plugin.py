@@ -160,26 +160,13 @@ def sample_clips(
     model: nn.Module, cfg: Any, labels: torch.Tensor | None, n: int, generator: torch.Generator
 ) -> torch.Tensor:
     """``n`` clips (B, C, F, H, W) in [-1, 1] (class ``labels`` or unconditional)."""
-    from layersync.flow import run_sampler
+    from layersync.flow import sample_sit
 
-    sc, transport = cfg.sampler, build_transport(cfg.transport)
-    null = None if labels is None else model.num_classes
-    device = next(model.parameters()).device
-    model.eval()
-    out = []
-    for start in range(0, n, sc.batch_size):
-        b = min(sc.batch_size, n - start)
-        z = torch.randn(b, model.in_channels, *model.input_size, generator=generator, device=device)
-        kwargs = {} if labels is None else {"y": labels[start : start + b].to(device)}
-
-        def model_fn(x, t, **kw):
-            return model(x, t.expand(len(x)) if t.ndim == 0 else t, kw.get("y"))
-
-        x = run_sampler(
-            sc, transport, model_fn, z, model_kwargs=kwargs, null_cond=null, generator=generator
-        )
-        out.append(x.clamp(-1, 1))
-    return torch.cat(out)
+    transport = build_transport(cfg.transport)
+    clips = sample_sit(
+        model, cfg.sampler, transport, n, labels, generator, null_cond=model.num_classes
+    )
+    return clips.clamp(-1, 1)
 
 
 # --------------------------------------------------------------------------------------------

@@ -1,6 +1,6 @@
 """Stochastic-interpolant objective (Linear/GVP/VP; velocity/noise/score) and samplers."""
 
-from .config import SamplerConfig, TransportConfig, build_transport, run_sampler
+from .config import SamplerConfig, TransportConfig, build_transport, run_sampler, sample_sit
 from .objective import FlowObjective
 from .samplers import CountingFn, guided, ode_nfe, sample_ode, sample_sde, sde_nfe
 from .transport import (
@@ -37,5 +37,6 @@ __all__ = [
     "run_sampler",
     "sample_ode",
     "sample_sde",
+    "sample_sit",
     "sde_nfe",
 ]

@@ -1,5 +1,6 @@
-"""The ``transport`` and ``sampler`` config sections of a flow-matching plugin, and the two
-functions that turn them into a ``Transport`` and into samples.
+"""The ``transport`` and ``sampler`` config sections of a flow-matching plugin, and the
+functions that turn them into a ``Transport`` and into samples (of any model, or in batches
+from a core ``layersync.nn.SiT``).
 
 A plugin puts ``transport: TransportConfig`` and ``sampler: SamplerConfig`` (or a subclass that
 adds fields, e.g. a frame rate) in its config model. ``layersync bench sample`` varies and
@@ -12,7 +13,7 @@ from typing import Literal
 
 import torch
 from pydantic import Field
-from torch import Tensor
+from torch import Tensor, nn
 
 from layersync.config import Section
 
@@ -97,3 +98,37 @@ def run_sampler(
         generator=generator,
         model_kwargs=model_kwargs,
     )
+
+
+@torch.no_grad()
+def sample_sit(
+    model: nn.Module,
+    sc: SamplerConfig,
+    transport: Transport,
+    n: int,
+    condition: Tensor | None,
+    generator: torch.Generator,
+    null_cond: Tensor | float | int | None = None,
+) -> Tensor:
+    """``n`` samples ``(n, C, *input_size)`` from a core ``layersync.nn.SiT`` (put in eval mode)
+    in batches of ``sc.batch_size``: noise drawn from ``generator`` (on its device), sample
+    ``i`` conditioned on ``condition[i]`` (None: unconditional, no guidance)."""
+    device = next(model.parameters()).device
+    model.eval()
+    shape = (model.in_channels, *model.x_embedder.input_size)
+
+    def model_fn(x: Tensor, t: Tensor, **kw: Tensor) -> Tensor:
+        return model(x, t.expand(len(x)) if t.ndim == 0 else t, kw.get("y"))
+
+    out = []
+    for start in range(0, n, sc.batch_size):
+        b = min(sc.batch_size, n - start)
+        z = torch.randn(b, *shape, generator=generator, device=generator.device).to(device)
+        kwargs = {} if condition is None else {"y": condition[start : start + b].to(device)}
+        null = None if condition is None else null_cond
+        out.append(
+            run_sampler(
+                sc, transport, model_fn, z, model_kwargs=kwargs, null_cond=null, generator=generator
+            )
+        )
+    return torch.cat(out)
