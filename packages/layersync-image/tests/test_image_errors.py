@@ -134,3 +134,26 @@ def test_missing_metric_asset_fails_before_the_run_directory_exists(
     assert done.exit_code == 2, done.stderr
     assert lines(done.stderr) == [f"error: {culprit}: {gone}"]
     assert not (tmp_path / "runs").exists()
+
+
+def test_latent_preset_without_fid_reference_fails_at_start(tmp_path: Path) -> None:
+    """The ImageNet presets (latent data, FID on) name the missing metric.reference before
+    training, not in a ValueError at the end of a multi-day run."""
+    from layersync.assets import AssetError
+    from layersync.config import resolve
+    from layersync_image.plugin import plugin
+
+    base = [f"vae.path={tmp_path}", f"data.path={tmp_path}", "metric.fid=auto"]
+    cfg = resolve(plugin, preset="sit-b2-imagenet256", overrides=base)
+    with pytest.raises(AssetError, match=r"needs metric\.reference"):
+        plugin.check_assets(cfg)
+    ref = tmp_path / "ref.npz"
+    np.savez(ref, mu=np.zeros(4), sigma=np.eye(4))
+    cfg = resolve(plugin, preset="sit-b2-imagenet256", overrides=[*base, f"metric.reference={ref}"])
+    assert plugin.check_assets(cfg) is None
+    assert (
+        plugin.check_assets(
+            resolve(plugin, preset="sit-b2-imagenet256", overrides=[*base[:2], "metric.fid=off"])
+        )
+        is None
+    )

@@ -168,6 +168,11 @@ class ImageModality(Modality):
             )
         if cfg.data.source == "latents" and not cfg.vae.path:  # the end-of-run sample grid
             raise AssetError("data.source = 'latents' needs vae.path to decode samples")
+        if cfg.data.source == "latents" and mc.fid != "off" and mc.reference is None:
+            raise AssetError(  # the ImageNet presets: not a failure at the end of a long run
+                "FID of a latent dataset needs metric.reference (a stats .npz or ADM reference "
+                "batch), or metric.fid=off"
+            )
         if cfg.vae.path and not Path(cfg.vae.path).exists():
             raise AssetError(f"vae.path: no such folder: {cfg.vae.path}")
 
