@@ -37,7 +37,7 @@ pip install -q "${specs[@]}"
 if [ "${1:-}" = "--test" ]; then
   # test-only: matplotlib (plots), wandb (offline logger test), diffusers (tiny random VAEs/transformers), ruff,
   # pytorch-fid + torchvision (the FID reference check)
-  pip install -q -e "packages/layersync-core[plots,wandb]" "diffusers>=0.25" ruff
+  pip install -q -e "packages/layersync-core[plots,wandb,tensorboard]" "diffusers>=0.25" ruff
   pip install -q "${TORCHVISION_SPEC:-torchvision==0.29.1}"
   pip install -q --no-deps pytorch-fid
 fi
