@@ -23,6 +23,7 @@ from layersync import config as config_lib
 from layersync.loss import LayerSync
 from layersync.plugin import Modality
 from layersync.registry import load
+from layersync.testing import assert_tree_equal
 from layersync.train import NonFiniteLossError, RunDirExistsError, Trainer, train
 from layersync.train import checkpoint as ckpt
 from layersync.train.ema import EMA
@@ -277,21 +278,6 @@ def signal_after(k: int, sig: int) -> Iterator[None]:
     with pytest.MonkeyPatch.context() as mp:
         mp.setattr(Trainer, "forward_backward", forward_backward)
         yield
-
-
-def assert_tree_equal(a: Any, b: Any, where: str = "") -> None:
-    if isinstance(a, torch.Tensor):
-        assert isinstance(b, torch.Tensor) and torch.equal(a, b), where
-    elif isinstance(a, dict):
-        assert a.keys() == b.keys(), where
-        for key in a:
-            assert_tree_equal(a[key], b[key], f"{where}.{key}")
-    elif isinstance(a, (list, tuple)):
-        assert len(a) == len(b), where
-        for i, (x, y) in enumerate(zip(a, b, strict=True)):
-            assert_tree_equal(x, y, f"{where}[{i}]")
-    else:
-        assert a == b, where
 
 
 def assert_same_checkpoint(a: Path, b: Path) -> None:

@@ -19,6 +19,7 @@ import torch
 
 from layersync import config as config_lib
 from layersync.registry import load
+from layersync.testing import assert_tree_equal
 from layersync.train import (
     CheckpointError,
     NonFiniteLossError,
@@ -86,21 +87,6 @@ def poison_gradients(plugin: Any, steps: set[int]) -> Iterator[None]:
     with pytest.MonkeyPatch.context() as mp:
         mp.setattr(plugin, "build_objective", poisoned)
         yield
-
-
-def assert_tree_equal(a: Any, b: Any, where: str = "") -> None:
-    if isinstance(a, torch.Tensor):
-        assert torch.equal(a, b), where
-    elif isinstance(a, dict):
-        assert a.keys() == b.keys(), where
-        for key in a:
-            assert_tree_equal(a[key], b[key], f"{where}.{key}")
-    elif isinstance(a, (list, tuple)):
-        assert len(a) == len(b), where
-        for i, (x, y) in enumerate(zip(a, b, strict=True)):
-            assert_tree_equal(x, y, f"{where}[{i}]")
-    else:
-        assert a == b, where
 
 
 def all_finite(path: Path) -> bool:

@@ -229,3 +229,19 @@ def test_default_block_names_layersync_and_write_samples(toy_image, tmp_path):
         plugin.block_names(None, torch.nn.Linear(2, 2))
     with pytest.raises(TypeError, match=r"override Modality\.write_samples"):
         plugin.write_samples({"a": 1}, tmp_path, None)
+
+
+def test_assert_tree_equal_names_the_first_difference():
+    import pytest
+    import torch
+
+    from layersync.testing import assert_tree_equal
+
+    a = {"state": {0: {"exp_avg": torch.ones(3)}}, "step": [1, 2]}
+    assert_tree_equal(a, {"state": {0: {"exp_avg": torch.ones(3)}}, "step": [1, 2]})
+    with pytest.raises(AssertionError, match=r"tensors differ at \.state\.0\.exp_avg"):
+        assert_tree_equal(a, {"state": {0: {"exp_avg": torch.zeros(3)}}, "step": [1, 2]})
+    with pytest.raises(AssertionError, match=r"2 != 3 at \.step\[1\]"):
+        assert_tree_equal(a, {"state": {0: {"exp_avg": torch.ones(3)}}, "step": [1, 3]})
+    with pytest.raises(AssertionError, match="tensors differ"):  # a tensor against a number
+        assert_tree_equal(torch.ones(1), 1.0)

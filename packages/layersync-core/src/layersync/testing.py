@@ -49,7 +49,7 @@ from layersync.loss import parse_pairs
 from layersync.plugin import API_VERSION, MetricSpec, Modality, missing_members
 from layersync.taps import resolve_module
 
-__all__ = ["CHECKS", "PluginCheckError", "PluginReport", "check_plugin"]
+__all__ = ["CHECKS", "PluginCheckError", "PluginReport", "assert_tree_equal", "check_plugin"]
 
 CHECKS = (
     "members",
@@ -374,21 +374,33 @@ def _check_train_resume(plugin: Modality, ctx: dict[str, Any]) -> None:
     state_b, progress_b = ckpt.load_train_state(split)
     if progress_a != progress_b:
         raise _Fail(f"resumed progress {progress_b} differs from the straight run's {progress_a}")
-    if not _tree_equal(state_a, state_b):
-        raise _Fail("the optimizer/scheduler state after a resume differs from a straight run")
+    try:
+        assert_tree_equal(state_a, state_b)
+    except AssertionError as e:
+        raise _Fail(
+            f"the optimizer/scheduler state after a resume differs from a straight run ({e})"
+        ) from None
     ctx["trained"] = ckpt.load_weights(straight, "ema")
 
 
-def _tree_equal(a: Any, b: Any) -> bool:
+def assert_tree_equal(a: Any, b: Any, where: str = "") -> None:
+    """Nested tensors / dicts / lists / scalars equal exactly (tensors by ``torch.equal``), as a
+    bit-exact resume needs; the AssertionError names the first differing path."""
     if torch.is_tensor(a):
-        return torch.is_tensor(b) and torch.equal(a, b)
-    if isinstance(a, dict):
-        return (
-            isinstance(b, dict) and a.keys() == b.keys() and all(_tree_equal(a[k], b[k]) for k in a)
-        )
-    if isinstance(a, (list, tuple)):
-        return len(a) == len(b) and all(_tree_equal(x, y) for x, y in zip(a, b, strict=True))
-    return a == b
+        if not (torch.is_tensor(b) and torch.equal(a, b)):
+            raise AssertionError(f"tensors differ at {where or 'the root'}")
+    elif isinstance(a, dict):
+        if not isinstance(b, dict) or a.keys() != b.keys():
+            raise AssertionError(f"keys differ at {where or 'the root'}")
+        for key in a:
+            assert_tree_equal(a[key], b[key], f"{where}.{key}")
+    elif isinstance(a, (list, tuple)):
+        if not isinstance(b, (list, tuple)) or len(a) != len(b):
+            raise AssertionError(f"lengths differ at {where or 'the root'}")
+        for i, (x, y) in enumerate(zip(a, b, strict=True)):
+            assert_tree_equal(x, y, f"{where}[{i}]")
+    elif a != b:
+        raise AssertionError(f"{a!r} != {b!r} at {where or 'the root'}")
 
 
 def _check_samples(plugin: Modality, ctx: dict[str, Any]) -> None:
