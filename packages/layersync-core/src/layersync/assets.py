@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import importlib.util
 import pickle
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
@@ -20,6 +21,14 @@ __all__ = ["AssetError", "load_numpy_pickle", "load_torch_state", "package_file"
 
 class AssetError(ValueError):
     """A weight file or package is missing, unreadable or not what it should be."""
+
+
+def require_files(files: Mapping[str, str | Path | None]) -> None:
+    """``Modality.check_assets``' common case: every given path (by config key; None = not
+    set) is an existing file, else one AssetError naming the key and the path."""
+    for key, path in files.items():
+        if path is not None and not Path(path).is_file():
+            raise AssetError(f"{key}: no such file: {path}")
 
 
 # -----------------------------------------------------------------------------

@@ -151,16 +151,14 @@ class ImageModality(Modality):
     def check_assets(self, cfg: Any) -> None:
         """FID weights when ``metric.fid=on`` (or a given file), ``metric.reference``, and the
         VAE that decodes latent samples."""
-        from layersync.assets import AssetError
+        from layersync.assets import AssetError, require_files
         from layersync_image.fid import fid_helper_weights_path
 
         mc = cfg.metric
         files = {"metric.reference": mc.reference}
         if mc.fid != "off":
             files["metric.inception_weights"] = mc.inception_weights
-        for key, path in files.items():
-            if path is not None and not Path(path).is_file():
-                raise AssetError(f"{key}: no such file: {path}")
+        require_files(files)
         if mc.fid == "on" and mc.inception_weights is None and fid_helper_weights_path() is None:
             raise AssetError(
                 "metric.fid = 'on' needs FID Inception weights: set metric.inception_weights or "

@@ -252,13 +252,13 @@ class MotionModality(Modality):
     def check_assets(self, cfg: Any) -> None:
         """The MiniLM text encoder, ``model.weights``, and the official evaluator's files when
         ``metric.evaluator = t2m``."""
-        from layersync.assets import AssetError
+        from layersync.assets import AssetError, require_files
 
         from .text import minilm_dir
 
         minilm_dir()
         mc = cfg.metric
-        files = {"model.weights": cfg.model.weights}
+        files = {"model.weights": cfg.model.weights or None}  # "" = unset, as build_model reads it
         if mc.evaluator == "t2m":
             if not mc.t2m_dir or not mc.glove_dir:
                 raise AssetError(
@@ -268,9 +268,7 @@ class MotionModality(Modality):
                 files[f"metric.t2m_dir ({name})"] = str(Path(mc.t2m_dir) / name)
             for name in ("our_vab_data.npy", "our_vab_words.pkl", "our_vab_idx.pkl"):
                 files[f"metric.glove_dir ({name})"] = str(Path(mc.glove_dir) / name)
-        for key, path in files.items():
-            if path and not Path(path).is_file():
-                raise AssetError(f"{key}: no such file: {path}")
+        require_files(files)
 
     def block_names(self, cfg: Any, model: nn.Module) -> list[str]:
         return [f"seqTransEncoder.layers.{i}" for i in range(cfg.model.num_layers)]
