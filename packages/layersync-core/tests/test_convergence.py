@@ -278,3 +278,19 @@ def test_higher_is_better_primary_metric_gives_the_right_speedup(
     )
     assert result["lower_is_better"] is True
     assert result["summary"]["layersync_steps_to_vanilla_final"] == pytest.approx(15.0)
+
+
+def test_declared_metrics_follow_the_config_when_given() -> None:
+    """eval, bench convergence and its final evaluation read one function: a config's names
+    (e.g. fvd<n>_16f under metric.num_samples=n) when given, else the static declaration."""
+    from types import SimpleNamespace
+
+    from layersync.plugin import MetricSpec, declared_metrics
+
+    spec = MetricSpec(higher_is_better=False, primary=True)
+    plugin = SimpleNamespace(
+        metrics={"fvd64_16f": spec}, metrics_for=lambda cfg: {f"fvd{cfg.n}_16f": spec}
+    )
+    assert declared_metrics(plugin) == {"fvd64_16f": spec}
+    assert declared_metrics(plugin, SimpleNamespace(n=2048)) == {"fvd2048_16f": spec}
+    assert declared_metrics(SimpleNamespace(), SimpleNamespace(n=1)) == {}

@@ -30,7 +30,7 @@ from typing import Any
 from layersync import finaleval, paired
 from layersync.config import with_overrides
 from layersync.fileio import atomic_write
-from layersync.plugin import Modality
+from layersync.plugin import Modality, declared_metrics
 
 ARMS = ("vanilla", "layersync")
 Curve = list[tuple[int, float]]
@@ -185,11 +185,7 @@ def metric_direction(
     ``higher_is_better`` overrides the direction. Plugins declaring nothing: the first of
     ``available``, lower is better.
     """
-    metrics_for = getattr(plugin, "metrics_for", None)
-    if cfg is not None and callable(metrics_for):
-        declared = dict(metrics_for(cfg) or {})
-    else:
-        declared = dict(getattr(plugin, "metrics", {}) or {})
+    declared = declared_metrics(plugin, cfg)
     if metric is None:
         primary = [name for name, spec in declared.items() if spec.primary and name in available]
         if primary:

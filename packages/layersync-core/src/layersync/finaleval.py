@@ -16,7 +16,7 @@ from typing import Any
 
 from layersync import paired
 from layersync.fileio import atomic_write
-from layersync.plugin import Modality
+from layersync.plugin import Modality, declared_metrics
 
 NOISE_SEED_OFFSET = 20_000
 """The second sampling seed: ``run.seed + NOISE_SEED_OFFSET``."""
@@ -122,6 +122,8 @@ def final_eval(
     on draw 1 (positive = LayerSync better, as declared by the plugin; lower is better when
     undeclared) with its 95% interval, the sampling noise (largest |draw1 - draw2|), and
     ``exceeds_twice_noise``: |mean gain| > 2 x noise."""
+    from layersync import rundir
+    from layersync.config import resolve
     from layersync.train import EVAL_SEED_OFFSET  # draw 1 = training's own evaluation seed
 
     log = log or (lambda message: None)
@@ -134,7 +136,10 @@ def final_eval(
                 evaluate_checkpoint(plugin, run_dir, off, overrides)
                 for off in (EVAL_SEED_OFFSET, NOISE_SEED_OFFSET)
             ]
-    declared = dict(getattr(plugin, "metrics", {}) or {})
+    first = next(iter(next(iter(run_dirs.values())).values()))  # the names under the overrides
+    declared = declared_metrics(
+        plugin, resolve(plugin, file=first / rundir.CONFIG, overrides=list(overrides))
+    )
     names = sorted(
         set.intersection(*(set(d) for a in draws.values() for s in a.values() for d in s))
     )

@@ -256,6 +256,15 @@ class Modality(ABC):
         return None
 
 
+def declared_metrics(plugin: Any, cfg: Any = None) -> dict[str, MetricSpec]:
+    """What ``plugin`` declares it reports: ``metrics_for(cfg)`` given a config, else the
+    static ``metrics`` (empty for an object that declares neither)."""
+    metrics_for = getattr(plugin, "metrics_for", None)
+    if cfg is not None and callable(metrics_for):
+        return dict(metrics_for(cfg) or {})
+    return dict(getattr(plugin, "metrics", {}) or {})
+
+
 def depth_ratio_pairs(depth: int) -> str:
     """The paper's SiT-XL/2 pair 8<-16 of 28 blocks scaled to ``depth`` blocks (1-based):
     ``round(8 D / 28) <- round(16 D / 28)``, kept at least one block apart (needs D >= 2)."""
