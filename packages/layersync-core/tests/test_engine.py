@@ -238,8 +238,26 @@ def test_cli_dry_run_prints_the_plan_and_writes_nothing(
     assert "pairs 2<-3" in text and "λ 0.3" in text
     assert "blocks.1, blocks.2" in text  # the taps: 1-based pair 2<-3 = blocks.1 and blocks.2
     assert "global 16 = 1 rank(s) x 2 accum x 8 micro" in text
+    assert "pair 2<-3: the toy-image plugin's default, not from the paper" in text
     assert str(out / "plan") in text
     assert not out.exists()
+
+
+def test_pair_source_never_calls_a_pair_the_papers(toy_plugins: Path, tmp_path: Path) -> None:
+    """Modality.pair_source: the depth-ratio pair is "derived", the plugin's own default and a
+    pair from the config are named as such; the paper gives no λ for a third-party modality."""
+    plugin, cfg = resolve("toy-image", tmp_path, "model.depth=12")
+    default = plugin.default_layersync(cfg).pairs
+    assert default == "4<-8"  # the toy's own rule; the paper's depth ratio gives 3<-7
+    assert plugin.pair_source(cfg, "3<-7", 0.2, 12).startswith(
+        "pair 3<-7: derived by the depth-ratio rule, not from the paper; λ 0.2: not from"
+    )
+    assert plugin.pair_source(cfg, default, 0.2, 12).startswith(
+        f"pair {default}: the toy-image plugin's default, not from the paper"
+    )
+    assert plugin.pair_source(cfg, "1 <- 5", 0.5, 12).startswith(
+        "pair 1<-5: set in the config, not from the paper"
+    )
 
 
 # --------------------------------------------------------------------------------------------

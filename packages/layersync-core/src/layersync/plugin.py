@@ -163,6 +163,21 @@ class Modality(ABC):
             del model
         return LayerSyncDefaults(pairs=depth_ratio_pairs(depths[key]), weight=0.2)
 
+    def pair_source(self, cfg: Any, pairs: str, weight: float, depth: int | None) -> str:
+        """Where a run's pair and λ come from, stated honestly by ``--dry-run`` and
+        ``config show`` (``depth``: the model's block count, None when it cannot be built
+        without its data). Default, for a modality the paper gives no pair or λ for: the
+        depth-ratio pair is "derived", any other is the plugin's or the config's; override it
+        where the paper does give a pair (the image plugin does, per SiT size)."""
+        spec = pairs.replace(" ", "")
+        if depth is not None and depth >= 2 and spec == depth_ratio_pairs(depth):
+            what = f"pair {spec}: derived by the depth-ratio rule, not from the paper"
+        elif spec == self.default_layersync(cfg).pairs.replace(" ", ""):
+            what = f"pair {spec}: the {self.name} plugin's default, not from the paper"
+        else:
+            what = f"pair {spec}: set in the config, not from the paper"
+        return f"{what}; λ {weight:g}: not from the paper (it gives no pair or λ for {self.name})"
+
     # -- training objective -----------------------------------------------------------------
     @abstractmethod
     def build_objective(self, cfg: Any) -> Objective:

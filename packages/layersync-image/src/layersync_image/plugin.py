@@ -183,12 +183,13 @@ class ImageModality(Modality):
         depth = cfg.model.depth or SIT_CONFIGS.get(cfg.model.arch, {}).get("depth", 12)
         return default_pair(cfg.model.arch, depth)
 
-    def pair_source(self, cfg: Any, pairs: str, weight: float) -> str:
+    def pair_source(self, cfg: Any, pairs: str, weight: float, depth: int | None) -> str:
         """Whether the pair and λ are the paper's (read by the dry run and config show)."""
         from layersync_image.model import SIT_CONFIGS
         from layersync_image.sizes import pair_source
 
-        depth = cfg.model.depth or SIT_CONFIGS.get(cfg.model.arch, {}).get("depth", 12)
+        if depth is None:  # a preset whose data is absent: the depth from the config
+            depth = cfg.model.depth or SIT_CONFIGS.get(cfg.model.arch, {}).get("depth", 12)
         return pair_source(cfg.model.arch, depth, pairs, weight)
 
     def build_objective(self, cfg: Any) -> FlowObjective:

@@ -23,12 +23,9 @@ PAPER_MIN_DEPTH = 12
 def layersync_notes(
     cfg: Any, plugin: Modality, pairs: str, weight: float, depth: int | None
 ) -> list[tuple[str, str]]:
-    """Honest provenance of the pair and λ (a plugin's optional ``pair_source(cfg, pairs,
-    weight)``) and a warning below the paper's smallest depth."""
-    notes = []
-    source = getattr(plugin, "pair_source", None)
-    if callable(source):
-        notes.append(("pair source", source(cfg, pairs, weight)))
+    """Honest provenance of the pair and λ (``Modality.pair_source``) and a warning below the
+    paper's smallest depth."""
+    notes = [("pair source", plugin.pair_source(cfg, pairs, weight, depth))]
     if depth is not None and depth < PAPER_MIN_DEPTH:
         notes.append(
             (
