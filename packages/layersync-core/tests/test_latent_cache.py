@@ -187,3 +187,15 @@ def test_reads_image_plugin_cache_format(tmp_path):
     (cache / "meta.json").write_text(json.dumps({**meta, "version": 2}))
     with pytest.raises(ValueError, match="not a layersync-latents v1 cache"):
         LatentCache(cache)
+
+
+def test_a_cache_without_fields_yields_latents_alone(tmp_path):
+    """No per-item fields (an unconditional source): items are ``(z,)``, not an old image
+    cache's labels (an empty ``fields`` entry once read as "no entry")."""
+    mean, std = _posterior(4, (64, 12))
+    write_latent_cache(tmp_path / "c", 4, _encoder(mean, std, {}), scale_factor=1.0)
+    ds = LatentDataset(tmp_path / "c", seed=0)
+    assert ds.field_names == []
+    (z,) = ds[1]
+    eps = torch.randn(64, 12, generator=ds.generator(1))
+    torch.testing.assert_close(z, mean[1].half().float() + std[1].half().float() * eps)

@@ -232,10 +232,11 @@ class LatentCache:
                 raise FileNotFoundError(f"latent cache shard missing: {file}")
         if sum(self.counts) != self.meta["count"]:
             raise ValueError(f"{meta_file}: count {self.meta['count']} != {sum(self.counts)}")
-        # caches written before per-item fields were described hold just `labels`
-        self.fields: dict[str, Any] = self.meta.get("fields") or {
-            "labels": {"kind": "tensor", "dtype": "int64", "shape": []}
-        }
+        # caches written before per-item fields were described hold just `labels`; a cache
+        # written with no fields at all has an empty `fields` entry
+        self.fields: dict[str, Any] = self.meta.get("fields", None)
+        if self.fields is None:
+            self.fields = {"labels": {"kind": "tensor", "dtype": "int64", "shape": []}}
         self._handles: dict[int, Any] = {}
         self._columns: dict[str, Any] = {}
 
