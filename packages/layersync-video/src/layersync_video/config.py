@@ -1,7 +1,7 @@
 """The video plugin's config sections and presets.
 
-Sections: ``data``, ``model``, ``transport``, ``sampler``, ``metric`` (extra="forbid": a typo is an
-error naming the key). Presets: ``demo`` (moving digits on 2 CPU cores) and ``sit-xl-clevrer``.
+Sections: ``data``, ``model``, ``transport``, ``sampler``, ``metric``, ``vae`` (extra="forbid": a typo
+is an error naming the key). Presets: ``demo`` (moving digits on 2 CPU cores) and ``sit-xl-clevrer``.
 """
 
 from __future__ import annotations
@@ -16,15 +16,20 @@ from layersync.flow.config import TransportConfig
 
 
 class DataConfig(Section):
-    source: Literal["digits", "folder", "frames", "array", "clevrer"] = Field(
+    source: Literal["digits", "folder", "frames", "array", "clevrer", "latents"] = Field(
         "digits",
         description="digits (embedded moving digits), folder (video files, recursive), frames "
-        "(<video>/<frame>.png|jpg folders), array (.npy/.npz N,T,H,W,C uint8), clevrer",
+        "(<video>/<frame>.png|jpg folders), array (.npy/.npz N,T,H,W,C uint8), clevrer, latents "
+        "(a cache written by `layersync video encode`)",
     )
     path: str | None = Field(None, description="file or folder (every source but digits)")
-    frames: int = Field(16, gt=0, description="frames per clip")
-    stride: int = Field(1, gt=0, description="source frames between two clip frames")
-    size: int = Field(16, gt=0, description="square frame size after centre crop + resize")
+    frames: int = Field(16, gt=0, description="frames per clip (latents: latent frames)")
+    stride: int = Field(
+        1, gt=0, description="source frames between two clip frames (latents: the cache's)"
+    )
+    size: int = Field(
+        16, gt=0, description="square frame size after centre crop + resize (latents: the cache's)"
+    )
     hflip: bool = Field(False, description="random horizontal flips (training split)")
     on_error: Literal["skip", "error"] = Field(
         "error", description="undecodable / too-short videos: skip (counted) or stop"
@@ -66,12 +71,20 @@ class MetricConfig(Section):
     batch_size: int = Field(4, gt=0, description="clips per I3D forward")
 
 
+class VAEConfig(Section):
+    path: str | None = Field(
+        None, description="local diffusers AutoencoderKL folder (data.source = latents)"
+    )
+    batch_size: int = Field(32, gt=0, description="frames per VAE decode forward")
+
+
 class VideoConfig(Section):
     data: DataConfig = DataConfig()
     model: ModelConfig = ModelConfig()
     transport: TransportConfig = TransportConfig()
     sampler: SamplerConfig = SamplerConfig()
     metric: MetricConfig = MetricConfig()
+    vae: VAEConfig = VAEConfig()
 
 
 # A 6-block SiT over 16x16x16 moving digits with 2x4x4 tubelets: 128 tokens.
@@ -92,19 +105,21 @@ PRESETS: dict[str, dict[str, Any]] = {
         "sampler": {"mode": "ode", "method": "heun", "steps": 20, "cfg_scale": 2.0},
         "metric": {"num_samples": 64},
     },
-    # The paper's CLEVRER from-scratch setting (SiT-XL, 24K steps; paper FVD 265.50 -> 120.13).
-    # The paper gives no resolution, clip length, VAE, pair or λ: these are OURS, not the
-    # paper's. Pixel space until `video encode` (frame latents) exists: 64x64, 16 frames at
-    # stride 2, tubelets 2x8x8 = 512 tokens; batch 256, AdamW 1e-4, EMA 0.9999, pair 8<-16,
-    # λ 0.2, ODE Heun 250 steps, fvd2048_16f on the validation videos.
+    # The paper's CLEVRER from-scratch setting: SiT-XL, 24K steps (paper FVD 265.50 -> 120.13);
+    # batch 256, AdamW 1e-4, EMA 0.9999 are SiT's training recipe. DERIVED, NOT FROM THE PAPER
+    # (it gives no resolution, clip length, VAE, pair or λ): 128x128 frames, 16-frame clips at
+    # stride 2, SD-VAE frame latents 4x16x16 (`layersync video encode --size 128 --stride 2`),
+    # tubelets 2x2x2 = 8x8x8 = 512 tokens, pair 8<-16 (the XL pair of the paper's image
+    # experiments), λ 0.2, ODE Heun 250 steps, fvd2048_16f on the validation videos.
+    # Needs data.path (the cache) and vae.path (the VAE that encoded it).
     "sit-xl-clevrer": {
         "train": {"steps": 24_000, "batch_size": 256, "lr": 1e-4, "precision": "auto"},
         "ema": {"decay": 0.9999},
         "layersync": {"pairs": "8<-16", "weight": 0.2},
         "checkpoint": {"every": 4000, "keep_last": 3},
         "log": {"every": 100, "sample_every": 4000, "sample_count": 16},
-        "data": {"source": "clevrer", "frames": 16, "stride": 2, "size": 64},
-        "model": {"size": "XL", "patch_size": (2, 8, 8), "condition": "none"},
+        "data": {"source": "latents", "frames": 16, "stride": 2, "size": 128},
+        "model": {"size": "XL", "patch_size": (2, 2, 2), "condition": "none"},
         "sampler": {"mode": "ode", "method": "heun", "steps": 250},
         "metric": {"num_samples": 2048},
     },

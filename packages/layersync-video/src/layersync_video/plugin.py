@@ -1,8 +1,10 @@
 """The video modality: a spatio-temporal SiT (core ``SiT``, ndim=3, tubelets) on pixel clips in
-[-1, 1], trained with flow matching + LayerSync; GIF/MP4 grids; FVD with the offline I3D.
+[-1, 1] or frame-wise VAE latents, trained with flow matching + LayerSync; GIF/MP4 grids; FVD
+with the offline I3D.
 
 Config sections and presets: ``layersync_video.config``. Data: ``layersync_video.data`` and
-``layersync_video.digits`` (the embedded moving digits). Metric: ``layersync_video.fvd``.
+``layersync_video.digits`` (the embedded moving digits); latents: ``layersync_video.latents``
+(cache) and ``layersync_video.vae`` (frame-wise encode/decode). Metric: ``layersync_video.fvd``.
 """
 
 from __future__ import annotations
@@ -36,6 +38,10 @@ def build_dataset(cfg: Any, split: str) -> Dataset:
     from layersync_video.digits import MovingDigits
 
     dc, train, seed = cfg.data, split == "train", cfg.run.seed
+    if dc.source == "latents":
+        from layersync_video.latent_run import latent_dataset
+
+        return latent_dataset(cfg, split)
     if dc.source == "digits":
         return MovingDigits(
             "train" if train else "eval", dc.frames, dc.size, dc.digit_size, seed=seed
@@ -61,11 +67,27 @@ def _required_path(dc: Any) -> str:
     return dc.path
 
 
+def input_shape(cfg: Any) -> tuple[int, int, int]:
+    """(frames, height, width) of the model input: pixels, or latent frames for latents."""
+    dc = cfg.data
+    if dc.source == "latents":
+        from layersync_video.latent_run import latent_spec
+
+        h = latent_spec(cfg)[1]
+        return dc.frames, h, h
+    return dc.frames, dc.size, dc.size
+
+
 def data_spec(cfg: Any) -> tuple[int, int]:
     """(channels, number of classes) of the data, without scanning any video."""
     dc = cfg.data
     if dc.source == "digits":
         return 1, 10
+    if dc.source == "latents":
+        from layersync_video.latent_run import latent_spec
+
+        c, _, classes = latent_spec(cfg)
+        return c, classes
     if dc.source == "array":
         return _array_spec(_required_path(dc), dc.frames, dc.stride)
     return 3, 1
@@ -101,27 +123,41 @@ def model_dims(cfg: Any) -> dict[str, int]:
 
 def check_fvd_assets(cfg: Any) -> None:
     """Fail at start, not after training: ``metric.fvd=on`` needs the I3D weights, and a given
-    ``metric.i3d`` file must exist (AssetError naming the path / the install line)."""
+    ``metric.i3d`` file must exist (AssetError naming the path / the install line); latent data
+    needs ``vae.path`` to be an AutoencoderKL folder and, for FVD, its source videos."""
+    from layersync.assets import AssetError
     from layersync_video.i3d import check_i3d_file, default_weights_path
 
     mc = cfg.metric
-    if mc.fvd == "off":
-        return
-    if mc.i3d is not None:
+    if cfg.vae.path:
+        from layersync_video.vae import vae_folder
+
+        vae_folder(cfg.vae.path)
+    fvd = mc.fvd != "off"
+    if mc.i3d is not None and fvd:
         check_i3d_file(mc.i3d)
     elif mc.fvd == "on":
         default_weights_path()
+    elif fvd:  # auto: FVD runs only when the I3D weights are installed
+        try:
+            default_weights_path()
+        except AssetError:
+            fvd = False
+    if cfg.data.source == "latents":
+        from layersync_video.latent_run import check_latent_assets
+
+        check_latent_assets(cfg, fvd)
 
 
 def build_model(cfg: Any) -> nn.Module:
     from layersync.nn import SiT
 
-    mc, dc = cfg.model, cfg.data
+    mc = cfg.model
+    dims = model_dims(cfg)
     channels, classes = data_spec(cfg)
-    shape = (dc.frames, dc.size, dc.size)
-    for axis, n, p in zip(
-        ("data.frames", "data.size", "data.size"), shape, mc.patch_size, strict=True
-    ):
+    shape = input_shape(cfg)
+    size = "latent size" if cfg.data.source == "latents" else "data.size"
+    for axis, n, p in zip(("data.frames", size, size), shape, mc.patch_size, strict=True):
         if n % p:
             raise ConfigError(f"model.patch_size = {mc.patch_size}: {p} does not divide {axis} {n}")
     condition = mc.condition if mc.condition != "auto" else ("class" if classes > 1 else "none")
@@ -133,7 +169,7 @@ def build_model(cfg: Any) -> nn.Module:
         num_classes=max(classes, 1),
         class_dropout_prob=mc.class_dropout_prob,
         mlp_ratio=mc.mlp_ratio,
-        **model_dims(cfg),
+        **dims,
     )
 
 
@@ -159,13 +195,18 @@ def is_conditional(cfg: Any) -> bool:
 def sample_clips(
     model: nn.Module, cfg: Any, labels: torch.Tensor | None, n: int, generator: torch.Generator
 ) -> torch.Tensor:
-    """``n`` clips (B, C, F, H, W) in [-1, 1] (class ``labels`` or unconditional)."""
+    """``n`` clips (B, C, F, H, W) in [-1, 1] (class ``labels`` or unconditional); latents are
+    decoded frame by frame through ``vae.path``."""
     from layersync.flow import sample_sit
 
     transport = build_transport(cfg.transport)
     clips = sample_sit(
         model, cfg.sampler, transport, n, labels, generator, null_cond=model.num_classes
     )
+    if cfg.data.source == "latents":
+        from layersync_video.latent_run import decode_latents
+
+        return decode_latents(clips, cfg)
     return clips.clamp(-1, 1)
 
 
@@ -196,7 +237,12 @@ def evaluate_fvd(plugin: VideoModality, model, cfg, out_dir: Path, generator) ->
             raise
         warnings.warn(f"FVD skipped: {e}", stacklevel=2)
         return {}
-    real = build_dataset(cfg, "eval")
+    if cfg.data.source == "latents":  # the videos the cache was encoded from, not the latents
+        from layersync_video.latent_run import latent_reference
+
+        real = latent_reference(cfg)
+    else:
+        real = build_dataset(cfg, "eval")
     n_real = min(n, len(real))
     key = {
         "metric": "fvd_16f",
@@ -208,6 +254,10 @@ def evaluate_fvd(plugin: VideoModality, model, cfg, out_dir: Path, generator) ->
         "seed": cfg.run.seed,
         "n": n_real,
     }
+    if cfg.data.source == "latents":
+        from layersync_video.latent_run import encoded_from
+
+        key["encoded_from"] = encoded_from(cfg)
     ref = cached_stats(
         key, lambda: fvd.clip_stats(fvd.dataset_batches(real, n_real, mc.batch_size), features)
     )
@@ -275,6 +325,12 @@ class VideoModality(Modality):
 
     def evaluate(self, model, cfg, out_dir: Path, generator: torch.Generator) -> dict[str, float]:
         return evaluate_fvd(self, model, cfg, out_dir, generator)
+
+    def commands(self) -> Any:
+        """``layersync video encode`` (frame-wise VAE latents)."""
+        from layersync_video.commands import app
+
+        return app
 
     def probe_forward(self, model, cfg, batch, t: float, generator=None):
         """One forward at time ``t`` with the null label (class models); returns the labels."""
