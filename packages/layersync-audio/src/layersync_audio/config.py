@@ -1,7 +1,8 @@
 """The audio plugin's config sections and its presets (``presets/*.toml`` in this package).
 
-Sections: ``data``, ``mel``, ``model``, ``transport``, ``sampler``, ``metric``. Each preset file
-is a partial run config in the same format as ``--config`` files and ``layersync config show``.
+Sections: ``data``, ``mel``, ``model``, ``transport``, ``sampler``, ``metric``, ``vae``. Each
+preset file is a partial run config in the same format as ``--config`` files and
+``layersync config show``.
 """
 
 from __future__ import annotations
@@ -15,9 +16,11 @@ from layersync.flow.config import SamplerConfig, TransportConfig
 
 
 class DataConfig(Section):
-    source: Literal["embedded", "folder", "jamendo"] = "embedded"
+    source: Literal["embedded", "folder", "jamendo", "latents"] = "embedded"
     path: str | None = Field(
-        None, description="folder: clips (class sub-folders, or train/ + eval/); jamendo: root"
+        None,
+        description="folder: clips (class sub-folders, or train/ + eval/); jamendo: root; "
+        "latents: the cache of `layersync audio encode`",
     )
     tsv: str | None = Field(None, description="jamendo: the train split's autotagging*.tsv")
     eval_tsv: str | None = Field(
@@ -32,6 +35,12 @@ class DataConfig(Section):
     eval_per_family: int = Field(16, gt=0, description="embedded: eval clips per family")
     data_seed: int = Field(0, ge=0, description="embedded: the seed the clips are rendered from")
     on_error: Literal["error", "skip"] = "error"
+    frames: int | None = Field(
+        None, gt=0, description="latents: random crops of this many frames (None = whole windows)"
+    )
+    latent: Literal["sample", "mean"] = Field(
+        "sample", description="latents: z = mean + std * noise (sample) or the posterior mean"
+    )
 
 
 class MelConfig(Section):
@@ -66,6 +75,12 @@ class MetricConfig(Section):
     batch_size: int = Field(64, gt=0)
 
 
+class VAEConfig(Section):
+    path: str | None = Field(
+        None, description="local diffusers AutoencoderOobleck folder (decodes latent samples)"
+    )
+
+
 class AudioConfig(Section):
     data: DataConfig = DataConfig()
     mel: MelConfig = MelConfig()
@@ -73,6 +88,7 @@ class AudioConfig(Section):
     transport: TransportConfig = TransportConfig()
     sampler: SamplerConfig = SamplerConfig()
     metric: MetricConfig = MetricConfig()
+    vae: VAEConfig = VAEConfig()
 
 
 PRESETS = load_presets("layersync_audio", "presets")

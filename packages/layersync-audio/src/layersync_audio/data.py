@@ -30,8 +30,12 @@ class AudioError(OSError):
     """An audio file that cannot be decoded, or a data file that names a missing clip."""
 
 
-def read_audio(path: str | os.PathLike, sample_rate: int) -> torch.Tensor:
-    """A file -> mono float32 ``(N,)`` at ``sample_rate`` (channels averaged)."""
+def read_audio(
+    path: str | os.PathLike, sample_rate: int, channels: int | None = None
+) -> torch.Tensor:
+    """A file -> mono float32 ``(N,)`` at ``sample_rate`` (channels averaged); with
+    ``channels`` (a VAE's ``audio_channels``) ``(channels, N)``: mono files are repeated, stereo
+    files mixed down for ``channels=1``, other mismatches raise ``AudioError``."""
     import soundfile as sf
 
     try:
@@ -40,7 +44,13 @@ def read_audio(path: str | os.PathLike, sample_rate: int) -> torch.Tensor:
         raise AudioError(f"{path}: cannot decode audio ({e})") from None
     if data.size == 0:
         raise AudioError(f"{path}: cannot decode audio (no samples)")
-    wave = torch.from_numpy(np.ascontiguousarray(data.mean(axis=1)))
+    if channels is None:
+        wave = torch.from_numpy(np.ascontiguousarray(data.mean(axis=1)))
+    elif data.shape[1] == channels or data.shape[1] == 1 or channels == 1:
+        data = data.mean(axis=1, keepdims=True) if channels == 1 else data
+        wave = torch.from_numpy(np.ascontiguousarray(data.T)).expand(channels, -1).contiguous()
+    else:
+        raise AudioError(f"{path}: has {data.shape[1]} channels, the VAE takes {channels}")
     if rate != sample_rate:
         import torchaudio
 

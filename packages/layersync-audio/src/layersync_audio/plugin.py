@@ -1,13 +1,13 @@
-"""The audio modality: a 1-D SiT on log-mel spectrograms, flow matching + LayerSync, WAV, FAD.
+"""The audio modality: a 1-D SiT on log-mels or VAE latents, flow matching + LayerSync, WAV, FAD.
 
-The pieces: ``config.py`` (sections, presets from ``presets/*.toml``), ``embedded.py`` +
-``sf2.py`` (the default data), ``data.py`` (folders, MTG-Jamendo), ``mel.py`` (the
-representation and its inversion), ``musicnn.py`` + ``fad.py`` (the metric). This module turns
-clips into model inputs, builds the model and objective, samples, writes and evaluates.
+The pieces: ``config.py`` (sections, presets), ``embedded.py`` + ``sf2.py`` (the default data),
+``data.py`` (folders, MTG-Jamendo), ``mel.py`` (the representation and its inversion),
+``vae.py`` + ``latents.py`` (VAE latents), ``musicnn.py`` + ``fad.py`` (the metric). This module
+turns clips into model inputs, builds the model and objective, samples, writes and evaluates.
 
-Model input: the standardised log-mel ``(n_mels, frames)`` of a clip: tokens along time, all
-mel bins of a patch of frames in one token. Conditions: class labels (embedded families, folder
-classes) or multi-hot tags (MTG-Jamendo).
+Model input: the standardised log-mel ``(n_mels, frames)`` of a clip, or a crop of its VAE
+latents ``(channels, frames)``: tokens along time, all channels of a patch of frames in one
+token. Conditions: class labels (embedded families, folder classes) or multi-hot tags.
 """
 
 from __future__ import annotations
@@ -26,6 +26,14 @@ from torch.utils.data import Dataset
 from layersync.flow import FlowObjective, build_transport
 from layersync.plugin import MetricSpec, Modality
 from layersync_audio.config import PRESETS, AudioConfig, DataConfig, MelConfig
+from layersync_audio.latents import (
+    decode,
+    latent_dataset,
+    latent_spec,
+    log_mels,
+    reference_batches,
+    reference_key,
+)
 from layersync_audio.mel import LogMel
 
 # --------------------------------------------------------------------------------------------
@@ -98,9 +106,26 @@ def _spec(key: str) -> tuple[int, int, str, int]:
     return frames, ds.num_classes, "class", ds.num_classes
 
 
+def _latent_spec(cfg: Any) -> tuple[int, int, str, int, int, int] | None:
+    return latent_spec(cfg.data) if cfg.data.source == "latents" else None
+
+
 def data_spec(cfg: Any) -> tuple[int, int, str, int]:
     """(frames, classes, condition kind "class"|"tags", number of classes or tags)."""
-    return _spec(_key(cfg.data, cfg.mel))
+    spec = _latent_spec(cfg)
+    return spec[:4] if spec else _spec(_key(cfg.data, cfg.mel))
+
+
+def input_channels(cfg: Any) -> int:
+    """Channels of the model input: mel bins, or the VAE's latent channels."""
+    spec = _latent_spec(cfg)
+    return spec[4] if spec else cfg.mel.n_mels
+
+
+def sample_rate(cfg: Any) -> int:
+    """The rate of the waveforms ``sample`` returns: ``data.sample_rate`` or the VAE's."""
+    spec = _latent_spec(cfg)
+    return spec[5] if spec else cfg.data.sample_rate
 
 
 class MelDataset(Dataset):
@@ -131,6 +156,8 @@ class MelDataset(Dataset):
 
 
 def build_dataset(cfg: Any, split: str) -> Dataset:
+    if cfg.data.source == "latents":  # one cache serves both splits, as in the image plugin
+        return latent_dataset(cfg.data)
     vocabulary = None
     if cfg.data.source == "jamendo" and split == "eval":
         vocabulary = wave_dataset(cfg.data, "train").vocabulary
@@ -162,12 +189,11 @@ def build_model(cfg: Any) -> nn.Module:
     if missing:
         raise ValueError(f"model.arch = 'custom' needs model.{', model.'.join(missing)}")
     if frames % arch["patch_size"]:
-        raise ValueError(
-            f"model.patch_size = {arch['patch_size']} does not divide the {frames} mel frames"
-        )
+        what = f"{frames} {'latent' if cfg.data.source == 'latents' else 'mel'} frames"
+        raise ValueError(f"model.patch_size = {arch['patch_size']} does not divide the {what}")
     return SiT(
         input_size=(frames,),
-        in_channels=cfg.mel.n_mels,
+        in_channels=input_channels(cfg),
         mlp_ratio=mc.mlp_ratio,
         condition=kind,
         num_classes=count if kind == "class" else 1000,
@@ -182,7 +208,8 @@ def build_model(cfg: Any) -> nn.Module:
 def sample_mels(
     model: nn.Module, cfg: Any, condition: torch.Tensor, generator: torch.Generator
 ) -> torch.Tensor:
-    """Standardised log-mels ``(n, n_mels, frames)`` for class labels or tag vectors."""
+    """Model-space samples ``(n, channels, frames)`` (standardised log-mels or latents) for
+    class labels or tag vectors."""
     from layersync.flow import sample_sit
 
     null = model.num_classes if model.condition == "class" else 0.0  # tags: the zero vector
@@ -222,11 +249,15 @@ def reference_stats(cfg: Any, embed: Any):
         "embedding": mc.embedding,
         "weights": mc.weights or "installed",
         "data": dc.model_dump(mode="json"),
+        "latents": reference_key(cfg) if dc.source == "latents" else None,
         "split": mc.reference_split,
         "count": mc.reference_count,
     }
 
     def compute():
+        if dc.source == "latents":  # VAE reconstructions of the cached crops
+            batches = reference_batches(cfg, mc.reference_count, mc.batch_size)
+            return embedding_stats(embed, batches, sample_rate(cfg))
         clips = wave_dataset(dc, mc.reference_split)
         n = len(clips) if mc.reference_count is None else min(len(clips), mc.reference_count)
         batches = (
@@ -245,7 +276,7 @@ def reference_stats(cfg: Any, embed: Any):
 
 class AudioModality(Modality):
     name = "audio"
-    description = "1-D SiT + flow matching on log-mel spectrograms; WAV samples; FAD (musicnn)"
+    description = "1-D SiT + flow matching on log-mels or VAE latents; WAV samples; FAD"
     config_model = AudioConfig
     presets = PRESETS
     metrics = {"fad_musicnn": MetricSpec(higher_is_better=False, primary=True)}
@@ -264,7 +295,12 @@ class AudioModality(Modality):
 
     def check_assets(self, cfg: Any) -> None:
         """``metric.fad=on`` needs the embedding network and its weights (with ``auto`` a
-        missing network skips FAD with a warning at evaluation)."""
+        missing network skips FAD with a warning at evaluation); latent data needs ``vae.path``,
+        a local AutoencoderOobleck folder, to decode samples."""
+        if cfg.data.source == "latents":
+            from layersync_audio.vae import vae_spec
+
+            vae_spec(cfg.vae.path, key="vae.path")
         if cfg.metric.fad == "on":
             _embedding(cfg)
 
@@ -277,15 +313,19 @@ class AudioModality(Modality):
         _, _, kind, count = data_spec(cfg)
         if kind == "class":
             return torch.arange(n) % count
-        clips = wave_dataset(cfg.data, "train")
+        latent = cfg.data.source == "latents"
+        clips = build_dataset(cfg, "train") if latent else wave_dataset(cfg.data, "train")
         pick = torch.randint(len(clips), (n,), generator=generator)
         return torch.stack([clips.target(int(i)) for i in pick])
 
     def sample(self, model, cfg, n, condition, generator) -> torch.Tensor:
-        """Waveforms ``(n, samples)`` in [-1, 1] (Griffin-Lim phases from ``generator``)."""
+        """Waveforms ``(n, samples)`` in [-1, 1] (Griffin-Lim phases from ``generator``), or
+        ``(n, channels, samples)`` decoded by a stereo VAE."""
         cond = condition if condition is not None else self.conditions(cfg, n, generator)
-        mels = sample_mels(model, cfg, cond[:n], generator)
-        return codec(cfg).decode(mels, generator=generator)
+        x = sample_mels(model, cfg, cond[:n], generator)
+        if cfg.data.source == "latents":
+            return decode(x, cfg)
+        return codec(cfg).decode(x, generator=generator)
 
     def write_samples(self, samples, out_dir: Path, cfg: Any, prefix: str = "") -> list[Path]:
         """``wav/<prefix-><i>.wav`` (16-bit) and a spectrogram grid PNG (one class per column)."""
@@ -293,17 +333,28 @@ class AudioModality(Modality):
         from layersync_audio.writers import spectrogram_grid
 
         out_dir = Path(out_dir)
-        rate = cfg.data.sample_rate
+        rate = sample_rate(cfg)
         stem = f"{prefix}-" if prefix else ""
         paths = [
             save_wav(out_dir / "wav" / f"{stem}{i:04d}.wav", wave.cpu().numpy(), rate)
             for i, wave in enumerate(samples)
         ]
         _, classes, kind, _ = data_spec(cfg)
-        mels = codec(cfg).log_mel(samples.cpu().float())
+        mono = samples.cpu().float()
+        mono = mono.mean(1) if mono.ndim == 3 else mono
+        if cfg.data.source == "latents":  # no mel statistics: only the log-mel picture
+            mels = log_mels(mono, rate, cfg.mel)
+        else:
+            mels = codec(cfg).log_mel(mono)
         columns = classes if kind == "class" else 8
         paths.insert(0, spectrogram_grid(mels, out_dir / f"{prefix or 'grid'}.png", columns))
         return paths
+
+    def merge_samples(self, parts: list[Path], out_dir: Path, cfg: Any) -> list[Path]:
+        """``layersync sample``'s export: ``wav/<i>.wav`` over all batches, ``grid.png``."""
+        from layersync_audio.writers import merge_wav_parts
+
+        return merge_wav_parts(parts, out_dir)
 
     def evaluate(self, model, cfg, out_dir: Path, generator: torch.Generator) -> dict[str, float]:
         """FAD of ``metric.num_samples`` class-balanced samples against the reference split."""
@@ -321,12 +372,11 @@ class AudioModality(Modality):
         for chunk in self.conditions(cfg, mc.num_samples, generator).split(mc.batch_size):
             waves = self.sample(model, cfg, len(chunk), chunk, generator)
             first = waves if first is None else first
-            if cfg.data.sample_rate != embed.sample_rate:
+            waves = waves.mean(1) if waves.ndim == 3 else waves  # the embeddings take mono
+            if sample_rate(cfg) != embed.sample_rate:
                 import torchaudio
 
-                waves = torchaudio.functional.resample(
-                    waves, cfg.data.sample_rate, embed.sample_rate
-                )
+                waves = torchaudio.functional.resample(waves, sample_rate(cfg), embed.sample_rate)
             stats.update(embed(list(waves)).double().cpu())
         self.write_samples(first, out_dir, cfg, prefix="fad-samples")
         return {metric_name(mc.embedding): stats.finalize().frechet_distance(ref)}
@@ -342,6 +392,11 @@ class AudioModality(Modality):
             lambda xt, tt: model(xt, tt, y, force_drop_ids=null), x, generator=generator, t=times
         )
         return y, None
+
+    def commands(self) -> Any:
+        from layersync_audio.commands import app
+
+        return app
 
 
 plugin = AudioModality()

@@ -54,3 +54,23 @@ def spectrogram_grid(
     tiles = colorize((db - (top - dynamic_range)) / dynamic_range)[:, ::-1]  # (N, mels, F, 3)
     grid = tile_clips(tiles[:, None], nrow=max(1, columns), pad=2, pad_value=128)[0]
     return write_png(path, grid)
+
+
+def merge_wav_parts(parts: list[Path], out_dir: Path) -> list[Path]:
+    """Per-batch outputs of ``write_samples`` (in order) -> ``wav/<global index>.wav`` and the
+    first batch's spectrogram grid as ``grid.png``; the parts folder is then removed."""
+    import shutil
+
+    out_dir = Path(out_dir)
+    (out_dir / "wav").mkdir(parents=True, exist_ok=True)
+    paths = []
+    grid = parts[0] / "grid.png" if parts else None
+    if grid is not None and grid.is_file():
+        paths.append(grid.replace(out_dir / "grid.png"))
+    index = 0
+    for part in parts:
+        for wav in sorted((part / "wav").glob("*.wav")):
+            paths.append(wav.replace(out_dir / "wav" / f"{index:06d}.wav"))
+            index += 1
+    shutil.rmtree(parts[0].parent)
+    return paths
