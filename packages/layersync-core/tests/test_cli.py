@@ -204,3 +204,24 @@ def test_subcommand_help_and_usage_errors_are_clicks_not_ours(toy_env: dict[str,
     done = run(toy_env, "-m", "layersync", "train", "--bogus")
     assert done.returncode == 2 and "No such option: --bogus" in done.stderr
     assert "internal error" not in done.stderr
+
+
+def test_plugin_app_keeps_a_single_command_named_and_errors_to_one_line() -> None:
+    """layersync.cli.common.plugin_app: `layersync <modality> <command>` keeps the command's
+    name even when it is the only one, and its errors are the core's one `error:` line."""
+    from typer.testing import CliRunner
+
+    from layersync.cli.common import plugin_app
+
+    group = plugin_app("Demo modality commands.")
+
+    @group.command()
+    def encode(path: str) -> None:
+        raise FileNotFoundError(f"{path}: no such folder")
+
+    done = CliRunner().invoke(group, ["encode", "clips/"])
+    assert done.exit_code == 2
+    assert [line for line in done.output.splitlines() if line] == [
+        "error: clips/: no such folder"
+    ]
+    assert "encode" in CliRunner().invoke(group, ["--help"]).output

@@ -8,16 +8,10 @@ from typing import Annotated
 import typer
 
 # the core CLI's error handler and markup-free consoles: one `error:` line, exit 2, --debug
-from layersync.cli.common import ErrorHandlingGroup, console
+from layersync.cli.common import console, plugin_app
 from layersync.cli.common import fail as _fail
 
-app = typer.Typer(
-    cls=ErrorHandlingGroup,
-    help="Image modality commands.",
-    no_args_is_help=True,
-    add_completion=False,
-    pretty_exceptions_enable=False,
-)
+app = plugin_app("Image modality commands.")
 
 
 @app.command()

@@ -7,17 +7,9 @@ from typing import Annotated
 
 import typer
 
-app = typer.Typer(
-    help="Motion modality commands.",
-    no_args_is_help=True,
-    add_completion=False,
-    pretty_exceptions_enable=False,
-)
+from layersync.cli.common import plugin_app
 
-
-@app.callback()
-def main() -> None:
-    """Motion modality commands (a group, so `layersync motion train-evaluator` keeps its name)."""
+app = plugin_app("Motion modality commands.")
 
 
 @app.command("train-evaluator")

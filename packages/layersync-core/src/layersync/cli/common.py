@@ -120,6 +120,21 @@ class ErrorHandlingGroup(TyperGroup):
             warnings.showwarning = previous
 
 
+def plugin_app(help: str) -> typer.Typer:
+    """A plugin's command group, ``layersync <modality> <command>`` (``Modality.commands``),
+    run inside the core error handler: one ``error:`` line, exit 2, traceback with --debug. It
+    stays a group with a single command, so the command keeps its name."""
+    group = typer.Typer(
+        cls=ErrorHandlingGroup,
+        help=help,
+        no_args_is_help=True,
+        add_completion=False,
+        pretty_exceptions_enable=False,
+    )
+    group.callback()(lambda: None)
+    return group
+
+
 app = typer.Typer(
     cls=ErrorHandlingGroup,
     name="layersync",
