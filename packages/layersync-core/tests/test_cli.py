@@ -221,7 +221,5 @@ def test_plugin_app_keeps_a_single_command_named_and_errors_to_one_line() -> Non
 
     done = CliRunner().invoke(group, ["encode", "clips/"])
     assert done.exit_code == 2
-    assert [line for line in done.output.splitlines() if line] == [
-        "error: clips/: no such folder"
-    ]
+    assert [line for line in done.output.splitlines() if line] == ["error: clips/: no such folder"]
     assert "encode" in CliRunner().invoke(group, ["--help"]).output
