@@ -233,6 +233,29 @@ def test_metric_direction_follows_the_declaration() -> None:
         metric_direction(plugin, ["loss", "accuracy"], "fid")
 
 
+def test_a_metric_without_direction_is_never_scored() -> None:
+    """MetricSpec(higher_is_better=None) (MDM's Diversity: closer to the real value is better):
+    bench convergence refuses to compare on it unless told a direction."""
+    from layersync.convergence import metric_direction
+    from layersync.plugin import MetricSpec
+
+    plugin = type(
+        "P",
+        (),
+        {
+            "name": "m",
+            "metrics": {
+                "fid": MetricSpec(primary=True),
+                "diversity": MetricSpec(higher_is_better=None),
+            },
+        },
+    )()
+    assert metric_direction(plugin, ["fid", "diversity"]) == ("fid", False)
+    with pytest.raises(ValueError, match="'diversity' has no better direction"):
+        metric_direction(plugin, ["fid", "diversity"], "diversity")
+    assert metric_direction(plugin, ["fid", "diversity"], "diversity", True) == ("diversity", True)
+
+
 def test_higher_is_better_primary_metric_gives_the_right_speedup(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:

@@ -198,6 +198,11 @@ def metric_direction(
         raise ValueError(f"metric {metric!r} not reported; available: {', '.join(available)}")
     if higher_is_better is None:
         spec = declared.get(metric)
+        if spec is not None and spec.higher_is_better is None:
+            raise ValueError(
+                f"metric {metric!r} has no better direction (closer to the real data's value "
+                "is better): compare on another metric"
+            )
         higher_is_better = bool(spec.higher_is_better) if spec is not None else False
     return metric, higher_is_better
 

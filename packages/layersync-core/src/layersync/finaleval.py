@@ -146,6 +146,8 @@ def final_eval(
     out: dict[str, Any] = {"overrides": list(overrides), "metrics": {}}
     for name in names:
         spec = declared.get(name)
+        if spec is not None and spec.higher_is_better is None:  # no gain to score
+            continue
         lower = not (spec is not None and spec.higher_is_better)
         values = {
             arm: {s: [float(d[name]) for d in ds] for s, ds in seeds.items()}

@@ -87,7 +87,9 @@ class MetricSpec:
     """How to read one metric a plugin reports: its direction, and whether it is the primary one
     (``bench convergence`` and ``eval`` summaries use the primary metric unless told otherwise)."""
 
-    higher_is_better: bool = False
+    higher_is_better: bool | None = False
+    """True or False; None for a metric with no better direction (MDM's Diversity: closer to
+    the real data's value is better), reported but never scored as a gain."""
     primary: bool = False
 
 
