@@ -111,6 +111,8 @@ def test_sample_and_write(plugin, tmp_path):
     g = torch.Generator().manual_seed(0)
     cond = plugin.conditions(cfg, 16, g)
     assert cond.tolist() == list(range(8)) * 2  # one family per grid column
+    names = plugin.describe_data(cfg)["classes"]  # label i is names[i], kept in data.json
+    assert len(names) == 8 and names[0] == "piano" and names[-1] == "drums"
     waves = plugin.sample(model, cfg, 16, cond, g)
     assert waves.shape == (16, 32000) and waves.abs().max() <= 1.0
     paths = plugin.write_samples(waves, tmp_path, cfg)
@@ -154,6 +156,8 @@ def test_tags_condition_and_cfg(plugin, tmp_path):
     cond = plugin.conditions(cfg, 4, g)
     assert cond.shape == (4, 3) and set(cond.sum(1).tolist()) <= {1.0, 2.0}
     assert plugin.sample(model.eval(), cfg, 4, cond, g).shape == (4, 16000)
+    vocabulary = ["genre---jazz", "genre---rock", "instrument---guitar"]  # tag i, kept
+    assert plugin.describe_data(cfg) == {"condition": "tags", "vocabulary": vocabulary}
 
 
 def test_bad_config_and_missing_weights(plugin, tmp_path):

@@ -243,6 +243,19 @@ def test_cli_dry_run_prints_the_plan_and_writes_nothing(
     assert not out.exists()
 
 
+def test_describe_data_is_kept_with_the_run(
+    toy_plugins: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Modality.describe_data -> data.json in the run directory; nothing said, no file."""
+    plugin, cfg = resolve("toy-image", tmp_path, "train.steps=2", name="said")
+    said = {"condition": "class", "classes": ["zero", "one"]}
+    with monkeypatch.context() as patch:
+        patch.setattr(plugin, "describe_data", lambda c: said)
+        assert json.loads((train(cfg, plugin) / "data.json").read_text()) == said
+    plugin, cfg = resolve("toy-image", tmp_path, "train.steps=2", name="silent")
+    assert not (train(cfg, plugin) / "data.json").exists()
+
+
 def test_pair_source_never_calls_a_pair_the_papers(toy_plugins: Path, tmp_path: Path) -> None:
     """Modality.pair_source: the depth-ratio pair is "derived", the plugin's own default and a
     pair from the config are named as such; the paper gives no λ for a third-party modality."""

@@ -350,6 +350,16 @@ class AudioModality(Modality):
         paths.insert(0, spectrogram_grid(mels, out_dir / f"{prefix or 'grid'}.png", columns))
         return paths
 
+    def describe_data(self, cfg: Any) -> dict[str, Any]:
+        """The train split's condition vocabulary, kept with the run (``data.json``): label i
+        is ``classes[i]``, tag i is ``vocabulary[i]``."""
+        _, _, kind, _ = data_spec(cfg)
+        latent = cfg.data.source == "latents"
+        train = build_dataset(cfg, "train") if latent else wave_dataset(cfg.data, "train")
+        if kind == "tags":
+            return {"condition": "tags", "vocabulary": list(train.vocabulary)}
+        return {"condition": "class", "classes": list(train.classes or [])}
+
     def merge_samples(self, parts: list[Path], out_dir: Path, cfg: Any) -> list[Path]:
         """``layersync sample``'s export: ``wav/<i>.wav`` over all batches, ``grid.png``."""
         from layersync_audio.writers import merge_wav_parts

@@ -180,6 +180,12 @@ class Modality(ABC):
             what = f"pair {spec}: set in the config, not from the paper"
         return f"{what}; λ {weight:g}: not from the paper (it gives no pair or λ for {self.name})"
 
+    def describe_data(self, cfg: Any) -> Mapping[str, Any]:
+        """What a run keeps of its data beside its config, as JSON (``data.json``, written when
+        training starts): the class names or tag vocabulary its conditions index, so samples
+        stay readable after the data moves. Default: nothing (no file)."""
+        return {}
+
     # -- training objective -----------------------------------------------------------------
     @abstractmethod
     def build_objective(self, cfg: Any) -> Objective:

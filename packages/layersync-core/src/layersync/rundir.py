@@ -3,6 +3,7 @@
 runs/<name>/
   config.toml          the resolved run config
   env.json             versions, device, world size
+  data.json            what the plugin keeps of its data (class names, tag vocabulary), if any
   metrics.jsonl        one JSON line per log interval (kind: train | eval)
   checkpoints/<step>/  model/ema safetensors, train_state.pt, rng.pt; `last` names the newest
   samples/             periodic EMA grids (<step>.png ...) and `layersync sample` outputs
@@ -22,6 +23,7 @@ from layersync.fileio import atomic_write
 
 CONFIG = "config.toml"
 ENV = "env.json"
+DATA = "data.json"
 METRICS = "metrics.jsonl"
 BACKENDS = "backends.json"
 CHECKPOINTS = "checkpoints"

@@ -435,6 +435,9 @@ class Trainer:
         if info.is_main:
             rundir.write_config(self.run_dir, cfg)
             rundir.write_json(self.run_dir / rundir.ENV, environment(info, self.plugin))
+            described = self.plugin.describe_data(cfg)
+            if described:
+                rundir.write_json(self.run_dir / rundir.DATA, dict(described))
         wandb = None
         if cfg.log.wandb:
             wandb = WandbSettings(
