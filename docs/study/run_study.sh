@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # The issue-14 study (docs/study/README.md): Stage A then Stage B, resumable.
-#   bash docs/study/run_study.sh [A|A2|B|Bfinal|all]     (default: all)
+#   bash docs/study/run_study.sh [A [ROW ...]|A2|B|Bfinal|all]     (default: all)
 # Every arm is a run directory `layersync bench convergence` reuses when finished and resumes
 # from its last checkpoint otherwise: re-run the same command after an interruption. Output in
 # $STUDY (default /work/study); CPU time of each command appended to $STUDY/cpu_times.txt.
@@ -38,14 +38,16 @@ stage_a_row() {  # stage_a_row ID SEEDS OVERRIDES...
   run "A-$id-s$seeds" "$LS" bench convergence -m image "${A_COMMON[@]}" --seeds "$seeds" \
     --out "$out" "$@"
 }
-stage_a() {
-  stage_a_row lam0.2 0 layersync.weight=0.2  # first: trains the shared vanilla arm
-  stage_a_row lam0.02 0 layersync.weight=0.02
-  stage_a_row lam0.05 0 layersync.weight=0.05
-  stage_a_row lam0.1 0 layersync.weight=0.1
-  stage_a_row lam0.2-warmup 0 layersync.weight=0.2 layersync.schedule=warmup \
-    layersync.warmup_steps=250
-  stage_a_row lam0.2-gated 0 layersync.weight=0.2 "layersync.time_range=[0.5,1.0]"
+stage_a() {  # stage_a [ROW ...]: the given rows at seed 0 (default: all, in this order)
+  local rows=("$@")
+  [ ${#rows[@]} -gt 0 ] || rows=(lam0.2 lam0.02 lam0.05 lam0.1 lam0.2-warmup lam0.2-gated)
+  local id args
+  for id in "${rows[@]}"; do  # lam0.2 first: it trains the shared vanilla arm
+    args=$(grep -h "^A-$id-s0 " "$STUDY/overrides.txt" | cut -d' ' -f2-)
+    [ -n "$args" ] || { echo "unknown Stage A row: $id" >&2; return 2; }
+    # shellcheck disable=SC2086
+    stage_a_row "$id" 0 $args
+  done
 }
 stage_a2() {  # seed 1 for the best row (lowest seed-0 final val_loss) and vanilla
   local best
@@ -108,10 +110,10 @@ A-lam0.2-gated-s0 layersync.weight=0.2 layersync.time_range=[0.5,1.0]
 TXT
 
 case "${1:-all}" in
-  A) stage_a ;;
+  A) stage_a "${@:2}" ;;
   A2) stage_a2 ;;
   B) stage_b ;;
   Bfinal) stage_b_final ;;
   all) stage_a && stage_a2 && stage_b && stage_b_final ;;
-  *) echo "usage: $0 [A|A2|B|Bfinal|all]" >&2; exit 2 ;;
+  *) echo "usage: $0 [A [ROW ...]|A2|B|Bfinal|all]" >&2; exit 2 ;;
 esac
