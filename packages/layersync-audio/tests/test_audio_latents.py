@@ -293,6 +293,8 @@ def test_paper_preset_trains_on_latent_crops(vae_dir, clips, tmp_path):
     )
     assert (cfg.data.source, cfg.data.frames, cfg.data.latent) == ("latents", 215, "sample")
     assert cfg.model.arch == "SiT-XL/1" and cfg.layersync.pairs == "8<-16"
-    plugin.check_assets(cfg)
+    assert (cfg.metric.embedding, cfg.metric.fad) == ("clap-laion-music", "on")
+    with pytest.raises(ValueError, match=r"metric.weights: pass the LAION-CLAP music checkpoint"):
+        plugin.check_assets(cfg)  # the paper's FAD-CLAP: the user's checkpoint, checked first
     with pytest.raises(ValueError, match=r"data.frames = 215 exceeds the 200-frame windows"):
         data_spec(cfg)  # this tiny cache holds 0.1-s windows; the paper's needs >= 10 s

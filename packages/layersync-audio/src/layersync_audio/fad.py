@@ -3,7 +3,7 @@
 FAD = the Fréchet distance between Gaussians fitted to ALL frame embeddings of a reference set
 and of a generated set (core ``FeatureStats`` / ``frechet_distance``). An embedding network
 takes mono clips at its own sample rate (clips are resampled to it) and returns one vector per
-frame (musicnn: per 3-s patch).
+frame (musicnn: per 3-s patch; CLAP: per 10-s window, one every second).
 """
 
 from __future__ import annotations
@@ -37,8 +37,15 @@ def _vggish(weights: str | None) -> Any:
     return VGGishEmbedding(load_vggish(weights))
 
 
+def _clap(weights: str | None) -> Any:
+    from layersync_audio.clap import ClapEmbedding, load_clap
+
+    return ClapEmbedding(load_clap(weights))
+
+
 EMBEDDINGS["musicnn-msd"] = ("fad_musicnn", _musicnn)
 EMBEDDINGS["vggish"] = ("fad_vggish", _vggish)
+EMBEDDINGS["clap-laion-music"] = ("fad_clap", _clap)
 
 
 def metric_name(embedding: str) -> str:
