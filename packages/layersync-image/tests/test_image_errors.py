@@ -143,7 +143,11 @@ def test_latent_preset_without_fid_reference_fails_at_start(tmp_path: Path) -> N
     from layersync.config import resolve
     from layersync_image.plugin import plugin
 
-    base = [f"vae.path={tmp_path}", f"data.path={tmp_path}", "metric.fid=auto"]
+    vae = tmp_path / "vae"  # what check_assets reads of a VAE folder: its config and weights
+    vae.mkdir()
+    (vae / "config.json").write_text('{"_class_name": "AutoencoderKL"}')
+    (vae / "diffusion_pytorch_model.safetensors").touch()
+    base = [f"vae.path={vae}", f"data.path={tmp_path}", "metric.fid=auto"]
     cfg = resolve(plugin, preset="sit-b2-imagenet256", overrides=base)
     with pytest.raises(AssetError, match=r"needs metric\.reference"):
         plugin.check_assets(cfg)

@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 import torch
 
+from layersync.assets import AssetError
 from layersync_image.data import ArrayDataset, InMemoryDataset
 from layersync_image.latents import LatentDataset, encode_dataset, load_vae
 
@@ -191,9 +192,7 @@ def test_resume_keeps_finished_shards(vae_dir, dataset, cache, tmp_path):
 
 
 def test_errors(vae_dir, dataset, cache, tmp_path, monkeypatch):
-    with pytest.raises(
-        FileNotFoundError, match=re.escape(f"no diffusers VAE in {tmp_path / 'novae'}")
-    ):
+    with pytest.raises(AssetError, match=re.escape(f"--vae: no such folder: {tmp_path / 'novae'}")):
         encode_dataset(dataset, tmp_path / "novae", tmp_path / "out")
     with pytest.raises(FileExistsError, match=re.escape(f"{cache} already exists")):
         encode_dataset(dataset, vae_dir, cache)
@@ -208,7 +207,7 @@ def test_errors(vae_dir, dataset, cache, tmp_path, monkeypatch):
     with pytest.raises(ValueError, match="no flipped latents"):
         LatentDataset(cache, flip=True)
     monkeypatch.setitem(sys.modules, "diffusers", None)  # as if not installed
-    with pytest.raises(ImportError, match=r"pip install 'layersync-image\[vae\]'"):
+    with pytest.raises(AssetError, match=r"needs diffusers: pip install 'layersync-image\[vae\]'"):
         load_vae(vae_dir)
 
 

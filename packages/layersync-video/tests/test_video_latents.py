@@ -228,8 +228,8 @@ def test_missing_or_wrong_vae_fails_before_the_run_dir(cache: Path, tmp_path: Pa
     base = [*SMALL, "data.source=latents", f"data.path={cache}", "data.frames=16"]
     base += ["data.size=16", "data.stride=2", f"run.out_dir={tmp_path}", "run.name=bad"]
     for vae, named in (
-        (tmp_path / "gone", f"vae.path = {tmp_path / 'gone'}: no such folder"),
-        (tmp_path / "novae", f"vae.path = {tmp_path / 'novae'}: not a diffusers AutoencoderKL"),
+        (tmp_path / "gone", f"vae.path: no such folder: {tmp_path / 'gone'}"),
+        (tmp_path / "novae", f"vae.path: {tmp_path / 'novae'}: not a diffusers AutoencoderKL"),
     ):
         result, errors = run_cli(core_app, "train", "-m", "video", *base, f"vae.path={vae}")
         assert result.exit_code == 2 and len(errors) == 1, result.output

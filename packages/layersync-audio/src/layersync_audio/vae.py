@@ -18,10 +18,7 @@ window at random (:mod:`layersync_audio.latents`).
 
 from __future__ import annotations
 
-import importlib.util
-import json
 import os
-import warnings
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -30,7 +27,7 @@ from typing import Any
 import torch
 from torch.utils.data import Dataset
 
-from layersync.assets import AssetError
+from layersync.assets import diffusers_folder, load_diffusers
 from layersync_audio.data import AudioError, read_audio
 
 __all__ = ["AudioWindows", "VaeSpec", "encode_windows", "load_vae", "vae_spec"]
@@ -52,34 +49,13 @@ class VaeSpec:
     scale_factor: float
 
 
-def vae_dir(path: str | os.PathLike | None, key: str = "vae") -> Path:
-    """The folder holding the VAE's ``config.json`` (``path`` or ``path/vae``); AssetError
-    naming ``key`` and the path otherwise."""
-    if not path:
-        raise AssetError(f"{key} is not set: latent data needs a local AutoencoderOobleck folder")
-    path = Path(path)
-    if not path.is_dir():
-        raise AssetError(f"{key}: no such folder: {path}")
-    if not (path / "config.json").is_file() and (path / "vae" / "config.json").is_file():
-        path = path / "vae"
-    if not (path / "config.json").is_file():
-        raise AssetError(
-            f"{key}: not a diffusers AutoencoderOobleck folder (no config.json): {path}"
-        )
-    return path
+INSTALL = "pip install 'layersync-audio[vae]'"
 
 
 def vae_spec(path: str | os.PathLike | None, key: str = "vae") -> VaeSpec:
-    """Read ``config.json`` (no weights loaded); AssetError when it is not an Oobleck VAE."""
-    folder = vae_dir(path, key)
-    try:
-        config = json.loads((folder / "config.json").read_text())
-    except ValueError as e:
-        raise AssetError(f"{key}: {folder / 'config.json'} is not valid JSON ({e})") from None
-    if config.get("_class_name") != "AutoencoderOobleck":
-        raise AssetError(
-            f"{key}: {folder} holds a {config.get('_class_name')!r}, not an AutoencoderOobleck"
-        )
+    """Read the folder's ``config.json`` (no weights loaded); AssetError naming ``key`` when it
+    is not a local AutoencoderOobleck folder (core ``diffusers_folder``)."""
+    folder, config = diffusers_folder(path, "AutoencoderOobleck", key=key, install=INSTALL)
     hop = 1
     for r in config.get("downsampling_ratios", [2, 4, 4, 8, 8]):
         hop *= int(r)
@@ -95,21 +71,7 @@ def vae_spec(path: str | os.PathLike | None, key: str = "vae") -> VaeSpec:
 
 def load_vae(path: str | os.PathLike, key: str = "vae") -> Any:
     """The ``AutoencoderOobleck`` of a local folder, in eval mode on the CPU."""
-    folder = vae_spec(path, key).path
-    try:
-        from diffusers import AutoencoderOobleck
-    except ImportError as e:
-        raise ImportError("VAE latents need diffusers: pip install 'layersync-audio[vae]'") from e
-    lazy_init = importlib.util.find_spec("accelerate") is not None  # else diffusers warns
-    try:
-        with warnings.catch_warnings():  # diffusers builds it with torch's old weight_norm
-            warnings.filterwarnings("ignore", ".*weight_norm.* is deprecated", FutureWarning)
-            vae = AutoencoderOobleck.from_pretrained(
-                folder, local_files_only=True, low_cpu_mem_usage=lazy_init
-            )
-    except (OSError, ValueError, RuntimeError) as e:
-        raise OSError(f"{key}: cannot load AutoencoderOobleck from {folder}: {e}") from e
-    return vae.eval()
+    return load_diffusers(path, "AutoencoderOobleck", key=key, install=INSTALL)
 
 
 # --------------------------------------------------------------------------------------------

@@ -16,7 +16,15 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-__all__ = ["AssetError", "load_numpy_pickle", "load_torch_state", "package_file"]
+__all__ = [
+    "AssetError",
+    "diffusers_folder",
+    "load_diffusers",
+    "load_numpy_pickle",
+    "load_torch_state",
+    "package_file",
+    "require_files",
+]
 
 
 class AssetError(ValueError):
@@ -178,3 +186,65 @@ def load_torch_state(path: str | Path, map_location: str = "cpu") -> dict[str, A
     if not isinstance(state, dict):
         raise AssetError(f"{path}: holds a {type(state).__name__}, not a state dict")
     return state
+
+
+# -----------------------------------------------------------------------------
+# Local diffusers model folders (the VAEs of the image, audio and video latent paths)
+
+DIFFUSERS_WEIGHTS = ("diffusion_pytorch_model.safetensors", "diffusion_pytorch_model.bin")
+
+
+def diffusers_folder(
+    path: str | Path | None, class_name: str, *, key: str, install: str
+) -> tuple[Path, dict[str, Any]]:
+    """The local folder holding a diffusers ``class_name`` (``path``, or ``path/vae`` of a
+    pipeline folder) and its config.json, checked without loading any weight. AssetError naming
+    ``key`` and the path when it is unset, missing, not that class, without weights, or when
+    diffusers is not installed (``install``: the line that installs it)."""
+    import json
+
+    if not path:
+        raise AssetError(f"{key} is not set: it names a local diffusers {class_name} folder")
+    path = Path(path)
+    if not path.is_dir():
+        raise AssetError(f"{key}: no such folder: {path}")
+    pipeline = not (path / "config.json").is_file() and (path / "vae" / "config.json").is_file()
+    folder = path / "vae" if pipeline else path
+    if not (folder / "config.json").is_file():
+        raise AssetError(
+            f"{key}: {path}: not a diffusers {class_name} folder (no config.json; "
+            f"{class_name}.save_pretrained writes one)"
+        )
+    try:
+        config = json.loads((folder / "config.json").read_text())
+        kind = config.get("_class_name")
+    except (OSError, ValueError, AttributeError) as e:
+        raise AssetError(f"{key}: {folder / 'config.json'}: unreadable ({e})") from None
+    if kind != class_name:
+        raise AssetError(f"{key}: {path} holds a {kind!r}, not a {class_name}")
+    if not any((folder / w).is_file() for w in DIFFUSERS_WEIGHTS):
+        raise AssetError(f"{key}: {path}: no weights ({' or '.join(DIFFUSERS_WEIGHTS)})")
+    if importlib.util.find_spec("diffusers") is None:
+        raise AssetError(f"{key}: a {class_name} needs diffusers: {install}")
+    return folder, config
+
+
+def load_diffusers(path: str | Path | None, class_name: str, *, key: str, install: str) -> Any:
+    """The diffusers ``class_name`` of a local folder (checked by ``diffusers_folder``; local
+    files only), in eval mode on the CPU; AssetError naming ``key`` when it does not load."""
+    import warnings
+
+    folder, _ = diffusers_folder(path, class_name, key=key, install=install)
+    import diffusers
+
+    lazy_init = importlib.util.find_spec("accelerate") is not None  # else diffusers warns
+    try:
+        with warnings.catch_warnings():  # Oobleck is built with torch's old weight_norm
+            warnings.filterwarnings("ignore", ".*weight_norm.* is deprecated", FutureWarning)
+            model = getattr(diffusers, class_name).from_pretrained(
+                folder, local_files_only=True, low_cpu_mem_usage=lazy_init
+            )
+    except (OSError, ValueError, RuntimeError) as e:
+        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        raise AssetError(f"{key}: {path}: cannot load {class_name} ({first})") from None
+    return model.eval()

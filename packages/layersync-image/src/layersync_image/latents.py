@@ -18,7 +18,6 @@ from ``dataset.generator(i)`` (global RNG when ``seed`` is None).
 
 from __future__ import annotations
 
-import importlib.util
 import os
 from collections.abc import Callable
 from pathlib import Path
@@ -27,42 +26,24 @@ from typing import Any
 import torch
 from torch.utils.data import DataLoader, Dataset, Subset
 
+from layersync.assets import load_diffusers
 from layersync.latents import FORMAT, VERSION, write_latent_cache
 from layersync.latents import LatentDataset as CoreLatentDataset
 
 __all__ = ["FORMAT", "SD_VAE_SCALE", "VERSION", "LatentDataset", "encode_dataset", "load_vae"]
 
 SD_VAE_SCALE = 0.18215
+INSTALL = "pip install 'layersync-image[vae]'"
 
 # -----------------------------------------------------------------------------
 # Loading the VAE (optional dependency: diffusers)
 
 
-def load_vae(vae_dir: str | os.PathLike) -> Any:
+def load_vae(vae_dir: str | os.PathLike, key: str = "vae") -> Any:
     """A diffusers ``AutoencoderKL`` from a LOCAL folder (``config.json`` + weights, as written
-    by ``save_pretrained``; a pipeline folder with a ``vae/`` sub-folder also works)."""
-    vae_dir = Path(vae_dir)
-    if not (vae_dir / "config.json").is_file() and (vae_dir / "vae" / "config.json").is_file():
-        vae_dir = vae_dir / "vae"
-    if not (vae_dir / "config.json").is_file():
-        raise FileNotFoundError(
-            f"no diffusers VAE in {vae_dir}: expected config.json and weights "
-            "(a folder written by AutoencoderKL.save_pretrained)"
-        )
-    try:
-        from diffusers import AutoencoderKL
-    except ImportError as e:
-        raise ImportError(
-            "encoding latents needs diffusers: pip install 'layersync-image[vae]'"
-        ) from e
-    try:
-        # low_cpu_mem_usage needs `accelerate`; without it diffusers warns and falls back
-        lazy_init = importlib.util.find_spec("accelerate") is not None
-        return AutoencoderKL.from_pretrained(
-            vae_dir, local_files_only=True, low_cpu_mem_usage=lazy_init
-        )
-    except (OSError, ValueError, RuntimeError) as e:
-        raise OSError(f"cannot load AutoencoderKL from {vae_dir}: {e}") from e
+    by ``save_pretrained``; a pipeline folder with a ``vae/`` sub-folder also works), in eval
+    mode; AssetError naming ``key`` and the folder otherwise."""
+    return load_diffusers(vae_dir, "AutoencoderKL", key=key, install=INSTALL)
 
 
 # -----------------------------------------------------------------------------
@@ -105,7 +86,7 @@ def encode_dataset(
     n = len(dataset)
     if n == 0:
         raise ValueError("cannot encode an empty dataset")
-    vae = load_vae(vae_dir).to(device).eval()
+    vae = load_vae(vae_dir, key="--vae").to(device)
     scale = float(vae.config.scaling_factor if scale_factor is None else scale_factor)
     last: list[tuple[int, int]] = []
 

@@ -92,7 +92,7 @@ def sample_latents(
 def _vae(path: str, device: str) -> Any:
     from layersync_image.latents import load_vae
 
-    return load_vae(path).to(device).eval()
+    return load_vae(path, key="vae.path").to(device)
 
 
 def decode(latents: torch.Tensor, cfg: Any) -> torch.Tensor:
@@ -171,8 +171,11 @@ class ImageModality(Modality):
                 "FID of a latent dataset needs metric.reference (a stats .npz or ADM reference "
                 "batch), or metric.fid=off"
             )
-        if cfg.vae.path and not Path(cfg.vae.path).exists():
-            raise AssetError(f"vae.path: no such folder: {cfg.vae.path}")
+        if cfg.vae.path:
+            from layersync.assets import diffusers_folder
+            from layersync_image.latents import INSTALL
+
+            diffusers_folder(cfg.vae.path, "AutoencoderKL", key="vae.path", install=INSTALL)
 
     def block_names(self, cfg: Any, model: nn.Module) -> list[str]:
         return [f"blocks.{i}" for i in range(len(model.blocks))]

@@ -8,8 +8,6 @@ a batch of images and stacked into ``(c, T, h, w)`` (``h = H / 2 ** (len(block_o
 
 from __future__ import annotations
 
-import importlib.util
-import json
 import os
 from functools import lru_cache
 from pathlib import Path
@@ -17,44 +15,23 @@ from typing import Any
 
 import torch
 
-from layersync.assets import AssetError
+from layersync.assets import diffusers_folder, load_diffusers
 
 INSTALL = "pip install 'layersync-video[vae]'"
-WEIGHTS = ("diffusion_pytorch_model.safetensors", "diffusion_pytorch_model.bin")
 
 # -----------------------------------------------------------------------------
 # Finding and loading the VAE
 
 
-def vae_folder(path: str | os.PathLike, key: str = "vae.path") -> Path:
+def vae_folder(path: str | os.PathLike | None, key: str = "vae.path") -> Path:
     """The AutoencoderKL folder at ``path`` (or its ``vae/`` sub-folder, as in a pipeline
     folder), checked without loading it: an AssetError naming ``key`` and the path otherwise."""
-    path = Path(path)
-    if not path.is_dir():
-        raise AssetError(f"{key} = {path}: no such folder (a local diffusers AutoencoderKL)")
-    folder = path / "vae" if (path / "vae" / "config.json").is_file() else path
-    config = folder / "config.json"
-    if not config.is_file():
-        raise AssetError(
-            f"{key} = {path}: not a diffusers AutoencoderKL folder (no config.json; write one "
-            "with AutoencoderKL.save_pretrained)"
-        )
-    try:
-        kind = json.loads(config.read_text()).get("_class_name")
-    except (OSError, ValueError, AttributeError) as e:
-        raise AssetError(f"{key} = {path}: unreadable config.json ({e})") from None
-    if kind != "AutoencoderKL":
-        raise AssetError(f"{key} = {path}: config.json describes {kind!r}, not an AutoencoderKL")
-    if not any((folder / w).is_file() for w in WEIGHTS):
-        raise AssetError(f"{key} = {path}: no weights ({' or '.join(WEIGHTS)})")
-    if importlib.util.find_spec("diffusers") is None:
-        raise AssetError(f"{key}: the VAE needs diffusers: {INSTALL}")
-    return folder
+    return diffusers_folder(path, "AutoencoderKL", key=key, install=INSTALL)[0]
 
 
-def vae_config(path: str | os.PathLike, key: str = "vae.path") -> dict[str, Any]:
+def vae_config(path: str | os.PathLike | None, key: str = "vae.path") -> dict[str, Any]:
     """The checked folder's config.json (latent_channels, block_out_channels, scaling_factor)."""
-    return json.loads((vae_folder(path, key) / "config.json").read_text())
+    return diffusers_folder(path, "AutoencoderKL", key=key, install=INSTALL)[1]
 
 
 def downsampling(config: dict[str, Any]) -> int:
@@ -64,18 +41,7 @@ def downsampling(config: dict[str, Any]) -> int:
 
 def load_vae(path: str | os.PathLike, key: str = "vae.path") -> Any:
     """The ``AutoencoderKL`` in ``path`` (local files only), in eval mode."""
-    folder = vae_folder(path, key)
-    from diffusers import AutoencoderKL
-
-    lazy_init = importlib.util.find_spec("accelerate") is not None  # else diffusers warns
-    try:
-        vae = AutoencoderKL.from_pretrained(
-            folder, local_files_only=True, low_cpu_mem_usage=lazy_init
-        )
-    except (OSError, ValueError, RuntimeError) as e:
-        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-        raise AssetError(f"{key} = {path}: cannot load AutoencoderKL ({first})") from None
-    return vae.eval()
+    return load_diffusers(path, "AutoencoderKL", key=key, install=INSTALL)
 
 
 @lru_cache(maxsize=2)
