@@ -54,8 +54,8 @@ def fake_text_encoder(name: str = "minilm", clip_path: str | None = None):
 
 def evaluate_with_fakes(monkeypatch, tmp_path, overrides):
     from layersync.config import resolve
-    from layersync_motion import plugin as module
-    from layersync_motion import text
+    from layersync_motion import evaluation, text
+    from layersync_motion.plugin import plugin
 
     calls = []
 
@@ -64,13 +64,11 @@ def evaluate_with_fakes(monkeypatch, tmp_path, overrides):
         calls.append((list(captions), lengths.clone(), x))
         return x
 
-    monkeypatch.setattr(module, "generate", fake_generate)
-    monkeypatch.setattr(module, "trained_evaluator", lambda cfg, **kw: FakeEvaluator())
+    monkeypatch.setattr(evaluation, "generate", fake_generate)
+    monkeypatch.setattr(evaluation, "trained_evaluator", lambda cfg, **kw: FakeEvaluator())
     monkeypatch.setattr(text, "text_encoder", fake_text_encoder)
-    cfg = resolve(module.plugin, overrides=overrides)
-    out = module.plugin.evaluate(
-        torch.nn.Linear(1, 1), cfg, tmp_path, torch.Generator().manual_seed(3)
-    )
+    cfg = resolve(plugin, overrides=overrides)
+    out = plugin.evaluate(torch.nn.Linear(1, 1), cfg, tmp_path, torch.Generator().manual_seed(3))
     return cfg, out, calls
 
 

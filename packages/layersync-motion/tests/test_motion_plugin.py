@@ -50,8 +50,9 @@ def test_trained_evaluator_separates_real_pairs_and_caches(tmp_path):
     import torch
 
     from layersync.config import resolve
+    from layersync_motion.evaluation import trained_evaluator
     from layersync_motion.metrics import matching
-    from layersync_motion.plugin import build_dataset, eval_conditions, plugin, trained_evaluator
+    from layersync_motion.plugin import build_dataset, eval_conditions, plugin
     from layersync_motion.text import text_encoder
 
     cfg = resolve(

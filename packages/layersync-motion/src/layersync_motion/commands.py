@@ -26,7 +26,8 @@ def train_evaluator_cmd(
     """Train (once per data config) the evaluator that `metric.evaluator=trained` uses."""
     from layersync.config import resolve
 
-    from .plugin import evaluator_key, plugin, trained_evaluator
+    from .evaluation import evaluator_key, trained_evaluator
+    from .plugin import plugin
 
     cfg = resolve(plugin, file=config, preset=preset, overrides=overrides or [])
     typer.echo(f"evaluator for {evaluator_key(cfg)}")
