@@ -107,3 +107,32 @@ def test_load_torch_state(tmp_path):
         load_torch_state(tmp_path / "list.pt")
     with pytest.raises(AssetError, match=r"nope\.pt: file not found"):
         load_torch_state(tmp_path / "nope.pt")
+
+
+def test_diffusers_folder_names_the_key_and_what_is_wrong(tmp_path):
+    """layersync.assets.diffusers_folder: one AssetError naming the config key and the path for
+    each way a VAE folder can be wrong; a pipeline folder's vae/ sub-folder is found."""
+    import json
+
+    from layersync.assets import diffusers_folder
+
+    def check(path):
+        return diffusers_folder(path, "AutoencoderKL", key="vae.path", install="pip install x")
+
+    with pytest.raises(AssetError, match=r"^vae.path is not set"):
+        check(None)
+    with pytest.raises(AssetError, match=f"^vae.path: no such folder: {tmp_path / 'gone'}$"):
+        check(tmp_path / "gone")
+    with pytest.raises(AssetError, match=r"not a diffusers AutoencoderKL folder \(no config"):
+        check(tmp_path)
+    (tmp_path / "config.json").write_text(json.dumps({"_class_name": "AutoencoderOobleck"}))
+    with pytest.raises(AssetError, match=r"holds a 'AutoencoderOobleck', not a AutoencoderKL"):
+        check(tmp_path)
+    pipe = tmp_path / "pipe"
+    (pipe / "vae").mkdir(parents=True)
+    (pipe / "vae" / "config.json").write_text(json.dumps({"_class_name": "AutoencoderKL"}))
+    with pytest.raises(AssetError, match=r"no weights \(diffusion_pytorch_model.safetensors"):
+        check(pipe)
+    (pipe / "vae" / "diffusion_pytorch_model.safetensors").touch()
+    folder, config = check(pipe)
+    assert folder == pipe / "vae" and config == {"_class_name": "AutoencoderKL"}
