@@ -14,13 +14,8 @@ import torch
 import torch.nn.functional as F
 
 from layersync import config as config_lib
-from layersync.bench import (
-    bench_sample,
-    count_flops,
-    peak_step_bytes,
-    sampler_variants,
-    state_bytes,
-)
+from layersync.bench import count_flops, peak_step_bytes, state_bytes
+from layersync.bench_sample import bench_sample, sampler_variants
 from layersync.config import with_overrides
 from layersync.flow import ode_nfe, sde_nfe
 

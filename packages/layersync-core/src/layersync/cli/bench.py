@@ -91,7 +91,7 @@ def bench_sample_command(
     """Samples/s and function evaluations of each sampler (random weights without --run)."""
     import torch
 
-    from layersync.bench import bench_sample, sample_report, sampler_variants
+    from layersync.bench_sample import bench_sample, sample_report, sampler_variants
 
     positive(n, "--num-samples")
     positive(repeats, "--repeats")
