@@ -9,16 +9,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from layersync.loss import (
-    LayerPair,
-    LayerSync,
-    LayerSyncHeuristicWarning,
-    WeightSchedule,
-    alignment_loss,
-    parse_pairs,
-    token_cosine,
-    validate_pairs,
-)
+from layersync.loss import LayerSync, WeightSchedule, alignment_loss, token_cosine
+from layersync.pairs import LayerPair, LayerSyncHeuristicWarning, parse_pairs, validate_pairs
 
 # --------------------------------------------------------------------------------------------
 # Small models and the reference formula
@@ -322,6 +314,17 @@ def test_parse_pairs_forms() -> None:
     assert parse_pairs(["4<-8", (6, 10)]) == expected
     assert parse_pairs(expected) == expected
     assert str(LayerPair(8, 16)) == "8<-16"
+
+
+def test_pair_names_are_one_definition_re_exported() -> None:
+    """``layersync.pairs`` defines them; ``layersync.loss`` and ``layersync`` re-export them."""
+    import layersync
+    import layersync.loss
+    import layersync.pairs
+
+    for name in ("LayerPair", "LayerSyncHeuristicWarning", "parse_pairs", "validate_pairs"):
+        assert getattr(layersync.loss, name) is getattr(layersync.pairs, name)
+    assert layersync.parse_pairs is parse_pairs and layersync.LayerPair is LayerPair
 
 
 @pytest.mark.parametrize("spec", ["8-16", "a<-b", "8->16", "4<-8, 8-16"])

@@ -12,7 +12,7 @@ import pytest
 import torch
 
 from layersync import config as config_lib
-from layersync.loss import LayerSyncHeuristicWarning, parse_pairs, validate_pairs
+from layersync.pairs import LayerSyncHeuristicWarning, parse_pairs, validate_pairs
 from layersync.probe import (
     cka_matrix,
     collect_features,

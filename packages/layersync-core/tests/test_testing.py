@@ -245,3 +245,10 @@ def test_assert_tree_equal_names_the_first_difference():
         assert_tree_equal(a, {"state": {0: {"exp_avg": torch.ones(3)}}, "step": [1, 3]})
     with pytest.raises(AssertionError, match="tensors differ"):  # a tensor against a number
         assert_tree_equal(torch.ones(1), 1.0)
+
+
+def test_every_check_has_one_runner_in_order():
+    from layersync.conformance import NEEDS, RUNNERS
+
+    assert tuple(RUNNERS) == CHECKS
+    assert set(NEEDS) <= set(CHECKS) and all(set(n) <= set(CHECKS) for n in NEEDS.values())

@@ -11,21 +11,16 @@ from typing import TYPE_CHECKING, Any
 __version__ = "0.1.0"
 
 if TYPE_CHECKING:
-    from layersync.loss import (  # noqa: F401
-        LayerPair,
-        LayerSync,
-        WeightSchedule,
-        alignment_loss,
-        parse_pairs,
-    )
+    from layersync.loss import LayerSync, WeightSchedule, alignment_loss  # noqa: F401
+    from layersync.pairs import LayerPair, parse_pairs  # noqa: F401
     from layersync.taps import FeatureTaps  # noqa: F401
 
 _LAZY = {
     "LayerSync": "layersync.loss",
-    "LayerPair": "layersync.loss",
+    "LayerPair": "layersync.pairs",
     "WeightSchedule": "layersync.loss",
     "alignment_loss": "layersync.loss",
-    "parse_pairs": "layersync.loss",
+    "parse_pairs": "layersync.pairs",
     "FeatureTaps": "layersync.taps",
 }
 

@@ -25,7 +25,9 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from layersync.config import (  # noqa: F401
+# pairs are parsed and checked in one place, layersync.pairs (torch-free, shared by config
+# validation, --dry-run, train, probe and bench); re-exported for `from layersync.loss import ...`
+from layersync.pairs import (  # noqa: F401
     LayerPair,
     LayerSyncHeuristicWarning,
     parse_pairs,
@@ -33,13 +35,6 @@ from layersync.config import (  # noqa: F401
 )
 from layersync.taps import FeatureTaps, TokenView, tap_names
 
-# --------------------------------------------------------------------------------------------
-# Pairs
-# --------------------------------------------------------------------------------------------
-
-
-# Parsed and validated in one place, layersync.config (torch-free, shared by config validation,
-# --dry-run, train, probe and bench); re-exported here for `from layersync.loss import ...`.
 # --------------------------------------------------------------------------------------------
 # The alignment term
 # --------------------------------------------------------------------------------------------

@@ -354,7 +354,7 @@ def probe_report(
 ) -> dict[str, Any]:
     """Features of every run on the same samples, their analysis, the cross-CKA of two runs and
     (optionally) a pair suggestion for the first: the content of ``probe.json``."""
-    from layersync.config import effective_layersync
+    from layersync.pairs import effective_layersync
 
     if split not in ("eval", "train"):
         raise ValueError(f"--split {split!r}: use eval or train")

@@ -51,7 +51,8 @@ def config_show(
 ) -> None:
     """Print the resolved config as TOML (notes on the LayerSync pair's provenance as TOML
     comments at the end)."""
-    from layersync.config import effective_layersync, to_toml
+    from layersync.config import to_toml
+    from layersync.pairs import effective_layersync
     from layersync.train.plan import layersync_notes
 
     plugin, cfg = resolve_config(modality, config, preset, overrides)
@@ -75,7 +76,7 @@ def config_show(
 @config_app.command("validate")
 def config_validate(file: Path, overrides: Overrides = None) -> None:
     """Check a TOML run config, including its layer pairs against the model's depth."""
-    from layersync.config import effective_layersync
+    from layersync.pairs import effective_layersync
 
     plugin, cfg = resolve_config(None, file, None, overrides)
     found = effective_layersync(cfg, plugin)

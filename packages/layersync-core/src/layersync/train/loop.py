@@ -30,11 +30,11 @@ from torch.distributed.checkpoint.state_dict import (
     set_optimizer_state_dict,
 )
 
-from layersync import config as config_lib
 from layersync import distributed as dist
 from layersync import rundir
 from layersync.backends import backends_record, configure_backends
 from layersync.loss import LayerSync, WeightSchedule
+from layersync.pairs import effective_layersync
 from layersync.plugin import Modality
 from layersync.rundir import run_dir_of
 from layersync.train import checkpoint as ckpt
@@ -74,8 +74,8 @@ class NonFiniteWeightsError(RuntimeError):
 
 def build_layersync(cfg: Any, plugin: Modality, model: nn.Module) -> LayerSync | None:
     """The LayerSync term for this run, or None when ``layersync.enabled`` is false (pairs and
-    λ from ``layersync.config.effective_layersync``: one code path for every command)."""
-    found = config_lib.effective_layersync(cfg, plugin, model)
+    λ from ``layersync.pairs.effective_layersync``: one code path for every command)."""
+    found = effective_layersync(cfg, plugin, model)
     if found is None:
         return None
     pairs, weight = found
