@@ -20,8 +20,8 @@ One difference from MDM: MDM rounds the prompts up to whole batches of 32 (100 -
 128 prompts); here exactly ``mm_num_samples``.
 
 Direction: T2M and MDM mark MultiModality "↑" in their tables (a model that ignores its noise
-scores 0). Core's ``MetricSpec`` knows only higher- or lower-is-better, so it is declared
-``higher_is_better=True``; it is never primary (``fid`` is).
+scores 0), so it is declared ``higher_is_better=True`` (Diversity, marked "→", is declared with
+no direction); it is never primary (``fid`` is).
 """
 
 from __future__ import annotations
