@@ -223,3 +223,37 @@ def test_plugin_app_keeps_a_single_command_named_and_errors_to_one_line() -> Non
     assert done.exit_code == 2
     assert [line for line in done.output.splitlines() if line] == ["error: clips/: no such folder"]
     assert "encode" in CliRunner().invoke(group, ["--help"]).output
+
+
+def test_plugin_option_checks_are_one_line_naming_the_option() -> None:
+    """choice / positive / non_negative / device_option: the plugins' encode commands check
+    their options with these; each bad value is one `error:` line naming option and value."""
+    import torch
+    from typer.testing import CliRunner
+
+    from layersync.cli.common import choice, device_option, non_negative, plugin_app, positive
+
+    group = plugin_app("Demo modality commands.")
+    seen: list[str] = []
+
+    @group.command()
+    def encode(
+        batch_size: int = 4, num_workers: int = 0, dtype: str = "float16", device: str = "auto"
+    ) -> None:
+        positive(batch_size, "--batch-size")
+        non_negative(num_workers, "--num-workers")
+        choice(dtype, "--dtype", ("float16", "float32"))
+        seen.append(device_option(device))
+
+    def lines(*argv: str) -> list[str]:
+        done = CliRunner().invoke(group, ["encode", *argv])
+        return [line for line in done.output.splitlines() if line]
+
+    assert lines() == [] and seen == ["cuda:0" if torch.cuda.is_available() else "cpu"]
+    assert lines("--batch-size", "0") == ["error: --batch-size 0: must be a positive integer"]
+    assert lines("--num-workers", "-1") == ["error: --num-workers -1: must be >= 0"]
+    assert lines("--dtype", "int8") == ["error: --dtype 'int8': use one of float16, float32"]
+    (bad,) = lines("--device", "gpu0")
+    assert bad.startswith("error: --device 'gpu0': ")
+    if not torch.cuda.is_available():
+        assert lines("--device", "cuda") == ["error: --device 'cuda': no CUDA device is visible"]

@@ -20,6 +20,7 @@ from layersync.assets import AssetError
 from layersync.cli import app as core_app
 from layersync.latents import LatentCache
 from layersync.media import save_mp4
+from layersync.testing import save_tiny_autoencoder_kl
 from layersync_video.commands import app as video_app
 from layersync_video.data import crop_resize
 from layersync_video.latents import LatentVideoDataset
@@ -45,21 +46,8 @@ def _cache(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
 
 @pytest.fixture(scope="module")
 def vae_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """A random AutoencoderKL: 4 latent channels, 2x downsampling (two blocks)."""
-    torch.manual_seed(0)
-    path = tmp_path_factory.mktemp("vae")
-    diffusers.AutoencoderKL(
-        in_channels=3,
-        out_channels=3,
-        down_block_types=("DownEncoderBlock2D",) * 2,
-        up_block_types=("UpDecoderBlock2D",) * 2,
-        block_out_channels=(8, 16),
-        layers_per_block=1,
-        latent_channels=4,
-        norm_num_groups=4,
-        sample_size=16,
-    ).save_pretrained(path)
-    return path
+    """The core's tiny random AutoencoderKL: 4 latent channels, 2x downsampling."""
+    return save_tiny_autoencoder_kl(tmp_path_factory.mktemp("vae"))
 
 
 @pytest.fixture(scope="module")

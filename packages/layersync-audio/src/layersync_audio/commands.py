@@ -8,7 +8,7 @@ from typing import Annotated
 import typer
 
 # the core CLI's error handler and markup-free consoles: one `error:` line, exit 2, --debug
-from layersync.cli.common import console, plugin_app
+from layersync.cli.common import choice, console, device_option, plugin_app, positive
 from layersync.cli.common import fail as _fail
 
 app = plugin_app("Audio modality commands.")
@@ -46,17 +46,15 @@ def encode(
 
     if seconds <= 0:
         _fail(f"--seconds must be > 0, got {seconds}")
-    if dtype not in ("float16", "float32"):
-        _fail(f"--dtype must be float16 or float32, got {dtype!r}")
-    if on_error not in ("error", "skip"):
-        _fail(f"--on-error must be error or skip, got {on_error!r}")
+    positive(batch_size, "--batch-size")
+    choice(dtype, "--dtype", ("float16", "float32"))
+    choice(on_error, "--on-error", ("error", "skip"))
+    device = device_option(device)
     configure_backends()  # the same matmul precision as every other command
     from layersync.assets import AssetError
     from layersync_audio.data import AudioFolder, JamendoDataset
     from layersync_audio.vae import AudioWindows, encode_windows, vae_spec
 
-    if device == "auto":
-        device = "cuda" if torch.cuda.is_available() else "cpu"
     try:
         spec = vae_spec(vae, key="--vae")
         frames = max(1, round(seconds * spec.sample_rate / spec.hop_length))

@@ -17,6 +17,7 @@ from typing import Any
 
 import torch
 
+from layersync.distributed import resolve_device
 from layersync.latents import LatentDataset
 
 __all__ = [
@@ -165,7 +166,7 @@ def reference_batches(cfg: Any, count: int | None, batch_size: int) -> Iterator[
     ds = AudioLatents(cfg.data.path, cfg.data.frames, sample=False, seed=0)
     n = len(ds) if count is None else min(len(ds), count)
     index = torch.linspace(0, len(ds) - 1, n).round().long().tolist()  # spread over the tracks
-    device = "cuda" if torch.cuda.is_available() else "cpu"
+    device = resolve_device("auto")
     for s in range(0, n, batch_size):
         z = torch.stack([ds[i][0] for i in index[s : s + batch_size]])
         waves = decode(z.to(device), cfg)

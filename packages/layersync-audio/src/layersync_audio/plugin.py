@@ -97,13 +97,14 @@ def codec(cfg: Any) -> LogMel:
 
 
 @lru_cache(maxsize=4)
-def _spec(key: str) -> tuple[int, int, str, int]:
+def _spec(key: str) -> tuple[int, int, str, int, tuple[str, ...]]:
+    """data_spec of waveform data, plus the train split's class names or tag vocabulary."""
     dc = DataConfig(**json.loads(key)[0])
     ds = wave_dataset(dc, "train")
     frames = round(dc.seconds * dc.sample_rate) // json.loads(key)[1]["hop_length"]
     if dc.source == "jamendo":
-        return frames, 0, "tags", ds.num_tags
-    return frames, ds.num_classes, "class", ds.num_classes
+        return frames, 0, "tags", ds.num_tags, tuple(ds.vocabulary)
+    return frames, ds.num_classes, "class", ds.num_classes, tuple(ds.classes or ())
 
 
 def _latent_spec(cfg: Any) -> tuple[int, int, str, int, int, int] | None:
@@ -113,7 +114,7 @@ def _latent_spec(cfg: Any) -> tuple[int, int, str, int, int, int] | None:
 def data_spec(cfg: Any) -> tuple[int, int, str, int]:
     """(frames, classes, condition kind "class"|"tags", number of classes or tags)."""
     spec = _latent_spec(cfg)
-    return spec[:4] if spec else _spec(_key(cfg.data, cfg.mel))
+    return spec[:4] if spec else _spec(_key(cfg.data, cfg.mel))[:4]
 
 
 def input_channels(cfg: Any) -> int:
@@ -354,11 +355,14 @@ class AudioModality(Modality):
         """The train split's condition vocabulary, kept with the run (``data.json``): label i
         is ``classes[i]``, tag i is ``vocabulary[i]``."""
         _, _, kind, _ = data_spec(cfg)
-        latent = cfg.data.source == "latents"
-        train = build_dataset(cfg, "train") if latent else wave_dataset(cfg.data, "train")
+        if cfg.data.source == "latents":  # the cache's metadata
+            train = build_dataset(cfg, "train")
+            names = train.vocabulary if kind == "tags" else train.classes
+        else:  # read with the data's spec, once per process
+            names = _spec(_key(cfg.data, cfg.mel))[4]
         if kind == "tags":
-            return {"condition": "tags", "vocabulary": list(train.vocabulary)}
-        return {"condition": "class", "classes": list(train.classes or [])}
+            return {"condition": "tags", "vocabulary": list(names or [])}
+        return {"condition": "class", "classes": list(names or [])}
 
     def merge_samples(self, parts: list[Path], out_dir: Path, cfg: Any) -> list[Path]:
         """``layersync sample``'s export: ``wav/<i>.wav`` over all batches, ``grid.png``."""

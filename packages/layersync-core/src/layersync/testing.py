@@ -95,6 +95,28 @@ def assert_tree_equal(a: Any, b: Any, where: str = "") -> None:
         raise AssertionError(f"{a!r} != {b!r} at {where or 'the root'}")
 
 
+def save_tiny_autoencoder_kl(path: Path, **overrides: Any) -> Path:
+    """A randomly initialised (seed 0), tiny diffusers ``AutoencoderKL`` saved to ``path``: RGB,
+    4 latent channels, 2x downsampling; ``overrides`` replace its constructor arguments. The
+    stand-in for SD-VAE in latent-workflow tests (needs diffusers)."""
+    import diffusers
+
+    torch.manual_seed(0)
+    kwargs: dict[str, Any] = dict(
+        in_channels=3,
+        out_channels=3,
+        down_block_types=("DownEncoderBlock2D",) * 2,
+        up_block_types=("UpDecoderBlock2D",) * 2,
+        block_out_channels=(8, 16),
+        layers_per_block=1,
+        latent_channels=4,
+        norm_num_groups=8,
+        sample_size=16,
+    )
+    diffusers.AutoencoderKL(**{**kwargs, **overrides}).save_pretrained(path)
+    return path
+
+
 # -----------------------------------------------------------------------------
 # Entry point
 

@@ -8,7 +8,7 @@ from typing import Annotated
 import typer
 
 # the core CLI's error handler and markup-free consoles: one `error:` line, exit 2, --debug
-from layersync.cli.common import console, plugin_app
+from layersync.cli.common import choice, console, device_option, non_negative, plugin_app, positive
 from layersync.cli.common import fail as _fail
 
 app = plugin_app("Image modality commands.")
@@ -30,19 +30,18 @@ def encode(
     ] = 4,
 ) -> None:
     """Cache VAE latent moments once, so training never re-encodes (data.source=latents)."""
-    import torch
 
     from layersync.backends import configure_backends
 
-    if num_workers < 0:
-        _fail(f"--num-workers must be >= 0, got {num_workers}")
+    positive(batch_size, "--batch-size")
+    non_negative(num_workers, "--num-workers")
+    choice(on_error, "--on-error", ("raise", "skip"))
+    device = device_option(device)
     configure_backends()  # the same matmul precision as every other command
     from layersync_image.data import ArrayDataset
     from layersync_image.folder import ImageFolderDataset
     from layersync_image.latents import encode_dataset
 
-    if device == "auto":
-        device = "cuda" if torch.cuda.is_available() else "cpu"
     try:
         if source.is_dir():
             # skip: find unreadable files up front so the cache holds each image once
@@ -82,15 +81,14 @@ def fid(
 ) -> None:
     """FID between two image sets, exactly as pytorch-fid computes it."""
     import numpy as np
-    import torch
 
     from layersync.backends import configure_backends
     from layersync.metrics import GaussianStats
     from layersync_image.fid import image_stats, load_inception
 
     configure_backends()
-    if device == "auto":
-        device = "cuda" if torch.cuda.is_available() else "cpu"
+    positive(batch_size, "--batch-size")
+    device = device_option(device)
     try:
         model = load_inception(weights, device=device)
         stats = []

@@ -8,7 +8,7 @@ from typing import Annotated
 import typer
 
 # the core CLI's error handler and markup-free consoles: one `error:` line, exit 2, --debug
-from layersync.cli.common import console, plugin_app
+from layersync.cli.common import choice, console, device_option, non_negative, plugin_app, positive
 from layersync.cli.common import fail as _fail
 
 app = plugin_app("Video modality commands.")
@@ -47,19 +47,14 @@ def encode(
 
     from layersync.backends import configure_backends
 
-    if batch_size < 1:
-        _fail(f"--batch-size must be >= 1, got {batch_size}")
-    if num_workers < 0:
-        _fail(f"--num-workers must be >= 0, got {num_workers}")
-    if dtype not in DTYPES:
-        _fail(f"--dtype = {dtype!r}: use one of {', '.join(DTYPES)}")
-    if on_error not in ("error", "skip"):
-        _fail(f"--on-error = {on_error!r}: use error or skip")
+    positive(batch_size, "--batch-size")
+    non_negative(num_workers, "--num-workers")
+    choice(dtype, "--dtype", DTYPES)
+    choice(on_error, "--on-error", ("error", "skip"))
+    device = device_option(device)
     configure_backends()  # the same matmul precision as every other command
     from layersync_video.latents import encode_source
 
-    if device == "auto":
-        device = "cuda" if torch.cuda.is_available() else "cpu"
     try:
         with console.status("encoding") as status:
             done = encode_source(

@@ -13,7 +13,7 @@ import os
 import traceback
 import warnings
 from pathlib import Path
-from typing import TYPE_CHECKING, Annotated, Any
+from typing import TYPE_CHECKING, Annotated, Any, NoReturn
 
 import click
 import typer
@@ -34,7 +34,7 @@ class UsageError(ValueError):
     """A bad command-line argument, phrased for the user."""
 
 
-def fail(message: str) -> None:
+def fail(message: str) -> NoReturn:
     """Stop the command with one ``error:`` line (exit status 2)."""
     raise UsageError(message)
 
@@ -256,3 +256,26 @@ def positive(value: int, option: str) -> int:
     if value <= 0:
         fail(f"{option} {value}: must be a positive integer")
     return value
+
+
+def non_negative(value: int, option: str) -> int:
+    if value < 0:
+        fail(f"{option} {value}: must be >= 0")
+    return value
+
+
+def choice(value: str, option: str, choices: tuple[str, ...]) -> str:
+    """``value`` if it is one of ``choices``; else one line naming the option and the choices."""
+    if value not in choices:
+        fail(f"{option} {value!r}: use one of {', '.join(choices)}")
+    return value
+
+
+def device_option(name: str) -> str:
+    """A command's ``--device`` resolved as training resolves it (``auto``: CUDA if visible)."""
+    from layersync.distributed import resolve_device
+
+    try:
+        return str(resolve_device(name))
+    except RuntimeError as e:  # cuda asked for, none visible; torch's bad-name error
+        fail(f"--device {name!r}: " + ("no CUDA device is visible" if name == "cuda" else str(e)))
