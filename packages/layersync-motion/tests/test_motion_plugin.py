@@ -156,3 +156,42 @@ def test_missing_evaluator_files_fail_before_training(tmp_path):
     cfg = resolve(plugin, overrides=[*TINY, "metric.evaluator=t2m"])
     with pytest.raises(AssetError, match=r"needs metric\.t2m_dir and metric\.glove_dir"):
         plugin.check_assets(cfg)
+
+
+def test_generate_from_captions(tmp_path):
+    """`layersync motion generate RUN -t CAPTION`: each caption --repeats times at --seconds,
+    the EMA model's samples for exactly those conditions (equal to plugin.sample at the seed);
+    a length the model cannot make is one error line."""
+    import numpy as np
+    import torch
+    from typer.testing import CliRunner
+
+    from layersync.cli import app as core_app
+    from layersync.cli.common import load_model
+    from layersync_motion.commands import app
+    from layersync_motion.plugin import stats
+
+    runs = tmp_path / "runs"
+    train = ["train", "-m", "motion", *TINY, "train.steps=2", "log.progress=false"]
+    done = CliRunner().invoke(core_app, [*train, f"run.out_dir={runs}", "run.name=r"])
+    assert done.exit_code == 0, done.output
+    caps = ["a person jumps forward", "a person does a cartwheel"]
+    args = ["generate", str(runs / "r"), "-t", caps[0], "-t", caps[1], "--repeats", "2"]
+    done = CliRunner().invoke(
+        app, [*args, "--seconds", "2", "--seed", "5", "--out", str(tmp_path / "g")]
+    )
+    assert done.exit_code == 0, done.output
+    lines = (tmp_path / "g" / "generated.txt").read_text().splitlines()
+    assert lines == [f"40\t{c}" for c in caps for _ in range(2)]  # 2 s at 20 fps
+    plugin, cfg, model, _ = load_model(runs / "r", None, None, None, None, None)
+    condition = {"caption": [c for c in caps for _ in range(2)], "length": torch.full((4,), 40)}
+    ref = plugin.sample(model, cfg, 4, condition, torch.Generator().manual_seed(5))["x"]
+    mean, std = stats(cfg)
+    with np.load(tmp_path / "g" / "generated.npz") as f:
+        assert f["features"].shape == (4, 64, 263)
+        np.testing.assert_allclose(f["features"], ref.numpy() * std + mean, rtol=1e-5, atol=1e-5)
+    done = CliRunner().invoke(app, [*args, "--seconds", "9"])
+    assert done.exit_code == 2
+    assert [ln for ln in done.output.splitlines() if ln] == [
+        "error: --seconds 9.0: 180 frames; this model makes 1 to 64"
+    ]

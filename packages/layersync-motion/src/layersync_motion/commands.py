@@ -35,3 +35,44 @@ def train_evaluator_cmd(
         cfg, log=lambda step, loss: typer.echo(f"step {step}: loss {loss:.4f}"), retrain=retrain
     )
     typer.echo("done (cached)")
+
+
+@app.command()
+def generate(
+    target: Annotated[Path, typer.Argument(help="run or checkpoint directory")],
+    text: Annotated[list[str], typer.Option("--text", "-t", help="a caption; repeat for several")],
+    seconds: Annotated[
+        float | None, typer.Option(help="motion length (default: data.max_len frames)")
+    ] = None,
+    repeats: Annotated[int, typer.Option(help="generations per caption")] = 3,
+    seed: int = 0,
+    out: Annotated[Path | None, typer.Option(help="output directory")] = None,
+    raw: Annotated[bool, typer.Option("--raw", help="use raw weights, not EMA")] = False,
+) -> None:
+    """Motions from your own captions (as MDM's --text_prompt): a stick-figure GIF (the first
+    16, four per row, each caption --repeats times in a row), features, joints, captions."""
+    import torch
+
+    from layersync.cli.common import console, fail, load_model, positive
+    from layersync.distributed import resolve_device
+
+    from .plugin import skeleton
+
+    positive(repeats, "--repeats")
+    if any(not t.strip() for t in text):
+        fail("--text: a caption is empty")
+    plugin, cfg, model, root = load_model(target, None, None, None, None, None, raw)
+    if plugin.name != "motion":
+        fail(f"{target}: a {plugin.name} run, not a motion run")
+    max_len = cfg.data.max_len
+    frames = max_len if seconds is None else round(seconds * skeleton(cfg).fps)
+    if not 1 <= frames <= max_len:
+        fail(f"--seconds {seconds}: {frames} frames; this model makes 1 to {max_len}")
+    model.to(resolve_device(cfg.train.device))
+    captions = [t for t in text for _ in range(repeats)]
+    condition = {"caption": captions, "length": torch.full((len(captions),), frames)}
+    generator = torch.Generator().manual_seed(seed)
+    samples = plugin.sample(model, cfg, len(captions), condition, generator)
+    out = out or root.with_name(f"{root.name}-text-seed{seed}")
+    paths = plugin.write_samples(samples, out, cfg, prefix="generated")
+    console.print(f"wrote {', '.join(str(p) for p in paths)}")
