@@ -217,13 +217,48 @@ def test_declared_metric_follows_the_embedding(plugin):
     """FAD values compare only per network: the declared name carries it (eval and bench
     convergence read ``metrics_for``)."""
     from layersync.convergence import metric_direction
+    from layersync.plugin import MetricSpec
 
     spec = plugin.metrics["fad_musicnn"]
+    family = {
+        "family_accuracy": MetricSpec(higher_is_better=True),
+        "family_accuracy_real": MetricSpec(higher_is_better=None),
+    }
     vggish = resolve(plugin, preset="demo", overrides=[*TINY, "metric.embedding=vggish"])
-    assert plugin.metrics_for(vggish) == {"fad_vggish": spec}
+    assert plugin.metrics_for(vggish) == {"fad_vggish": spec, **family}
     assert plugin.metrics_for(resolve(plugin, preset="demo", overrides=TINY)) == {
-        "fad_musicnn": spec
+        "fad_musicnn": spec,
+        **family,
     }
     # the vggish run's primary metric is found, lower is better
     found = metric_direction(plugin, ["val_loss", "fad_vggish"], cfg=vggish)
     assert found == ("fad_vggish", False)
+
+
+@pytest.mark.weights
+def test_family_accuracy_reads_the_conditioning_class(plugin, tmp_path, monkeypatch):
+    """evaluate's family_accuracy: samples that ARE real clips of their conditioning family score
+    far above chance (as the real clips' leave-one-out yardstick), the same clips under a
+    shifted family far below it; the FAD is computed from the same frames either way."""
+    _musicnn_or_skip()
+    from layersync_audio.embedded import EmbeddedAudio
+
+    cfg = resolve(plugin, preset="demo", overrides=["metric.num_samples=32"])
+    train = EmbeddedAudio("train", cfg.data.per_family)
+    by_class = {k: torch.from_numpy(train.waves[train.labels == k]) for k in range(8)}
+
+    def scores(shift: int) -> dict[str, float]:
+        def real_clips(model, cfg, n, condition, generator):
+            # sample i: clip i // 8 of its family (+ shift): the same 32 clips for every shift
+            picks = [by_class[(int(c) + shift) % 8][i // 8] for i, c in enumerate(condition)]
+            return torch.stack(picks)
+
+        monkeypatch.setattr(type(plugin), "sample", staticmethod(real_clips))
+        out = plugin.evaluate(None, cfg, tmp_path / f"s{shift}", torch.Generator().manual_seed(0))
+        return out
+
+    right, shifted = scores(0), scores(1)
+    print(right, shifted)
+    assert right["family_accuracy_real"] == shifted["family_accuracy_real"] > 0.4  # chance 0.125
+    assert right["family_accuracy"] > 0.4 > 0.1 > shifted["family_accuracy"]
+    assert right["fad_musicnn"] == pytest.approx(shifted["fad_musicnn"], rel=1e-6)

@@ -239,6 +239,15 @@ def _embedding(cfg: Any) -> Any | None:
         return None
 
 
+def _family_classes(cfg: Any) -> int:
+    """Classes of class-labelled waveform data (the family metrics need labelled real clips);
+    0 for tags or latent data."""
+    if cfg.data.source == "latents":
+        return 0
+    _, classes, kind, _ = data_spec(cfg)
+    return classes if kind == "class" else 0
+
+
 def reference_stats(cfg: Any, embed: Any):
     """Embedding statistics of the real clips of ``metric.reference_split``, cached."""
     from layersync.metrics import cached_stats
@@ -283,10 +292,17 @@ class AudioModality(Modality):
     metrics = {"fad_musicnn": MetricSpec(higher_is_better=False, primary=True)}
 
     def metrics_for(self, cfg: Any) -> dict[str, MetricSpec]:
-        """``fad_<network>`` of ``metric.embedding`` (FAD values compare only per network)."""
+        """``fad_<network>`` of ``metric.embedding`` (FAD values compare only per network);
+        class-labelled waveform data adds ``family_accuracy`` and its real-clip yardstick."""
         from layersync_audio.fad import metric_name
 
-        return {metric_name(cfg.metric.embedding): MetricSpec(higher_is_better=False, primary=True)}
+        specs = {
+            metric_name(cfg.metric.embedding): MetricSpec(higher_is_better=False, primary=True)
+        }
+        if _family_classes(cfg):
+            specs["family_accuracy"] = MetricSpec(higher_is_better=True)
+            specs["family_accuracy_real"] = MetricSpec(higher_is_better=None)
+        return specs
 
     def build_dataset(self, cfg: Any, split: str) -> Dataset:
         return build_dataset(cfg, split)
@@ -371,8 +387,10 @@ class AudioModality(Modality):
         return merge_wav_parts(parts, out_dir)
 
     def evaluate(self, model, cfg, out_dir: Path, generator: torch.Generator) -> dict[str, float]:
-        """FAD of ``metric.num_samples`` class-balanced samples against the reference split."""
+        """FAD of ``metric.num_samples`` class-balanced samples against the reference split;
+        with class labels on waveform data also ``family_accuracy`` (layersync_audio.family)."""
         from layersync.metrics import FeatureStats
+        from layersync_audio import family
         from layersync_audio.fad import metric_name
 
         mc = cfg.metric
@@ -382,18 +400,24 @@ class AudioModality(Modality):
         if embed is None:
             return {}
         ref = reference_stats(cfg, embed)
-        stats, first = FeatureStats(embed.dim), None
-        for chunk in self.conditions(cfg, mc.num_samples, generator).split(mc.batch_size):
+        classes = _family_classes(cfg)
+        stats, first, vectors = FeatureStats(embed.dim), None, []
+        conditions = self.conditions(cfg, mc.num_samples, generator)
+        for chunk in conditions.split(mc.batch_size):
             waves = self.sample(model, cfg, len(chunk), chunk, generator)
             first = waves if first is None else first
             waves = waves.mean(1) if waves.ndim == 3 else waves  # the embeddings take mono
-            if sample_rate(cfg) != embed.sample_rate:
-                import torchaudio
-
-                waves = torchaudio.functional.resample(waves, sample_rate(cfg), embed.sample_rate)
-            stats.update(embed(list(waves)).double().cpu())
+            waves = family.resample(waves, sample_rate(cfg), embed.sample_rate)
+            for frames in family.clip_embeddings(embed, waves):
+                stats.update(frames)
+                vectors.append(frames.mean(0))
         self.write_samples(first, out_dir, cfg, prefix="fad-samples")
-        return {metric_name(mc.embedding): stats.finalize().frechet_distance(ref)}
+        out = {metric_name(mc.embedding): stats.finalize().frechet_distance(ref)}
+        if classes:
+            real = wave_dataset(cfg.data, mc.reference_split)
+            reference = family.reference_vectors(embed, real, mc.reference_count, sample_rate(cfg))
+            out |= family.family_scores(torch.stack(vectors), conditions, reference, classes)
+        return out
 
     def probe_forward(self, model, cfg, batch, t: float, generator=None):
         """One forward at time ``t`` with the null condition; returns the class labels."""
