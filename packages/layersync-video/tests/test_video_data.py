@@ -199,6 +199,24 @@ def test_moving_digits_clip_is_the_digit_moving():
     assert not (np.array_equal(ys1, ys) and np.array_equal(xs1, xs))
 
 
+def test_moving_digits_start_spread_centres_the_first_frame():
+    """start_spread = fraction of the free room (centred) the first position is drawn from: 0 is
+    the centre; 1 is anywhere, the same trajectories as before the option existed."""
+    starts = {}
+    for spread in (0.0, 0.25, 1.0):
+        ds = MovingDigits("train", size=16, seed=3, start_spread=spread)
+        starts[spread] = np.array([[ys[0], xs[0]] for ys, xs in map(ds.trajectory, range(200))])
+    assert (starts[0.0] == 4).all()  # room 8: the centre
+    assert starts[0.25].min() >= 3 and starts[0.25].max() <= 5  # 4 +- 1
+    assert starts[1.0].min() == 0 and starts[1.0].max() == 8
+    ds = MovingDigits("train", size=16, seed=3)
+    g = ds.generator(7)  # the old formula: room * u for the start
+    u = torch.rand(4, generator=g).double().tolist()
+    assert ds.trajectory(7)[0][0] == round(8 * u[0]) and ds.trajectory(7)[1][0] == round(8 * u[1])
+    with pytest.raises(ValueError, match=r"data\.start_spread = 1\.5"):
+        MovingDigits("train", start_spread=1.5)
+
+
 def test_moving_digits_splits_are_disjoint():
     train, test = MovingDigits("train"), MovingDigits("eval")
     assert len(train) + len(test) == 1797

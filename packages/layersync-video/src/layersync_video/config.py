@@ -35,6 +35,9 @@ class DataConfig(Section):
         "error", description="undecodable / too-short videos: skip (counted) or stop"
     )
     digit_size: int = Field(8, gt=0, description="digits source: digit size in the canvas")
+    start_spread: float = Field(
+        1.0, ge=0, le=1, description="digits source: centred fraction of the room starts come from"
+    )
 
 
 class ModelConfig(Section):

@@ -2,7 +2,9 @@
 
 One digit per clip, grey on black, moving in a straight line and bouncing off the walls. Its
 start position, direction and speed come from the item's seeded generator (a new trajectory every
-epoch, identical on resume). Label = the digit. The train and eval splits use disjoint digit
+epoch, identical on resume). ``start_spread`` is the fraction of the free room the start is drawn
+from, centred: 1 = anywhere, 0 = the centre of the canvas (a known first frame is far easier
+for a small model to learn). Label = the digit. The train and eval splits use disjoint digit
 images (a fixed permutation of the 1,797 digits, the last 20% for eval).
 """
 
@@ -56,10 +58,14 @@ class MovingDigits(SeededDataset):
         digit_size: int = 8,
         speed: tuple[float, float] = (0.5, 1.5),
         seed: int | None = 0,
+        start_spread: float = 1.0,
     ) -> None:
         super().__init__(seed)
         if digit_size > size:
             raise ValueError(f"data.digit_size = {digit_size} exceeds data.size = {size}")
+        if not 0.0 <= start_spread <= 1.0:
+            raise ValueError(f"data.start_spread = {start_spread} is not in [0, 1]")
+        self.start_spread = start_spread
         self.images, self.labels = digit_images(split)
         self.frames, self.size, self.digit_size, self.speed = frames, size, digit_size, speed
         digits = torch.from_numpy(self.images).float()[:, None] / 255.0
@@ -77,8 +83,9 @@ class MovingDigits(SeededDataset):
         u = torch.rand(4, generator=g).double().tolist()
         angle = 2 * math.pi * u[2]
         speed = self.speed[0] + (self.speed[1] - self.speed[0]) * u[3]
-        y = bounce(u[0] * room, speed * math.sin(angle), self.frames, room)
-        x = bounce(u[1] * room, speed * math.cos(angle), self.frames, room)
+        y0, x0 = (room * (0.5 + self.start_spread * (v - 0.5)) for v in u[:2])
+        y = bounce(y0, speed * math.sin(angle), self.frames, room)
+        x = bounce(x0, speed * math.cos(angle), self.frames, room)
         return np.round(y).astype(int), np.round(x).astype(int)
 
     def __getitem__(self, index: int) -> tuple[torch.Tensor, torch.Tensor]:

@@ -43,8 +43,9 @@ def build_dataset(cfg: Any, split: str) -> Dataset:
 
         return latent_dataset(cfg, split)
     if dc.source == "digits":
+        split_name = "train" if train else "eval"
         return MovingDigits(
-            "train" if train else "eval", dc.frames, dc.size, dc.digit_size, seed=seed
+            split_name, dc.frames, dc.size, dc.digit_size, seed=seed, start_spread=dc.start_spread
         )
     path = _required_path(dc)
     clip = {"frames": dc.frames, "stride": dc.stride, "size": dc.size, "seed": seed}
