@@ -214,6 +214,25 @@ def test_plugin_section_may_not_shadow_a_core_section() -> None:
         config_class(Clash)
 
 
+def test_plugin_checks_across_its_sections_apply_to_the_run_config() -> None:
+    """A plugin config's model validator (a check across two of its sections) is part of the
+    run config: it rejects a bad combination in one line without an empty key."""
+    from pydantic import model_validator
+
+    class Checked(ToyConfig):
+        @model_validator(mode="after")
+        def _fits(self) -> Checked:
+            if self.model.hidden < self.data.image_size:
+                raise ValueError(f"model.hidden = {self.model.hidden} < data.image_size")
+            return self
+
+    plugin = SimpleNamespace(**{**vars(PLUGIN), "config_model": Checked})
+    assert resolve(plugin, overrides=["model.hidden=8"]).model.hidden == 8
+    with pytest.raises(ConfigError) as err:
+        resolve(plugin, overrides=["model.hidden=4"])
+    assert str(err.value) == "config: model.hidden = 4 < data.image_size"
+
+
 # --------------------------------------------------------------------------------------------
 # TOML output
 # --------------------------------------------------------------------------------------------

@@ -195,3 +195,23 @@ def test_generate_from_captions(tmp_path):
     assert [ln for ln in done.output.splitlines() if ln] == [
         "error: --seconds 9.0: 180 frames; this model makes 1 to 64"
     ]
+
+
+def test_sampler_captions_drive_the_sample_grids():
+    """sampler.captions (cycled) at sampler.seconds replace the random eval draws of the sample
+    grids and `layersync sample`; a length the model cannot make fails when the config is read."""
+    import torch
+
+    from layersync.config import ConfigError, resolve
+    from layersync_motion.plugin import plugin
+
+    caps = ["a person walks forward", "a person does a cartwheel"]
+    over = [*TINY, f"sampler.captions={caps!r}".replace("'", '"'), "sampler.seconds=2.5"]
+    cfg = resolve(plugin, overrides=over)
+    cond = plugin.conditions(cfg, 5, torch.Generator().manual_seed(0))
+    assert cond["caption"] == [caps[0], caps[1], caps[0], caps[1], caps[0]]
+    assert cond["length"].tolist() == [50] * 5  # 2.5 s at 20 fps
+    drawn = plugin.conditions(resolve(plugin, overrides=TINY), 5, torch.Generator().manual_seed(0))
+    assert len(set(drawn["caption"])) > 1 and drawn["length"].max() <= 64
+    with pytest.raises(ConfigError, match=r"sampler\.seconds = 4\.0: 80 frames at 20\.0 fps"):
+        resolve(plugin, overrides=[*TINY, "sampler.seconds=4"])

@@ -17,7 +17,15 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
 
 import tomli_w
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, create_model, field_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    create_model,
+    field_validator,
+    model_validator,
+)
 
 from layersync.pairs import check_order, parse_pairs
 
@@ -166,13 +174,21 @@ class CoreConfig(Section):
 
 @cache
 def config_class(plugin_config: type[BaseModel]) -> type[CoreConfig]:
-    """The run-config model for a plugin: core sections + the plugin's sections."""
+    """The run-config model for a plugin: core sections + the plugin's sections, and the
+    plugin config's own model validators (checks across its sections; they see the run
+    config, so ``self.data`` etc. are the plugin's sections as in the plugin class)."""
     fields: dict[str, Any] = {}
     for name, info in plugin_config.model_fields.items():
         if name in CoreConfig.model_fields:
             raise TypeError(f"plugin config section {name!r} clashes with a core section")
         fields[name] = (info.annotation, info)
-    return create_model(f"{plugin_config.__name__}Run", __base__=CoreConfig, **fields)  # type: ignore[call-overload]
+    validators = {
+        name: model_validator(mode=d.info.mode)(d.func)  # type: ignore[call-overload]
+        for name, d in plugin_config.__pydantic_decorators__.model_validators.items()
+    }
+    return create_model(  # type: ignore[call-overload]
+        f"{plugin_config.__name__}Run", __base__=CoreConfig, __validators__=validators, **fields
+    )
 
 
 def deep_merge(base: Mapping[str, Any], update: Mapping[str, Any]) -> dict[str, Any]:
@@ -336,8 +352,8 @@ def format_errors(
             lines.append(f"{where}: {key}: {msg}")
             continue
         got = err.get("input")
-        shown = "" if isinstance(got, dict) else f" (got {got!r})"
-        lines.append(f"{where}: {key}: {msg}{shown}")
+        shown = "" if isinstance(got, (dict, BaseModel)) else f" (got {got!r})"
+        lines.append(f"{where}: {key}: {msg}{shown}" if key else f"{where}: {msg}{shown}")
     return "\n".join(lines)
 
 

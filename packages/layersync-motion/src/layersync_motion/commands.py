@@ -48,6 +48,9 @@ def generate(
     seed: int = 0,
     out: Annotated[Path | None, typer.Option(help="output directory")] = None,
     raw: Annotated[bool, typer.Option("--raw", help="use raw weights, not EMA")] = False,
+    overrides: Annotated[
+        list[str] | None, typer.Argument(help="key=value sampler settings: sampler.cfg_scale=4")
+    ] = None,
 ) -> None:
     """Motions from your own captions (as MDM's --text_prompt): a stick-figure GIF (the first
     16, four per row, each caption --repeats times in a row), features, joints, captions."""
@@ -56,21 +59,21 @@ def generate(
     from layersync.cli.common import console, fail, load_model, positive
     from layersync.distributed import resolve_device
 
-    from .plugin import skeleton
+    from .plugin import caption_conditions, motion_frames
 
     positive(repeats, "--repeats")
     if any(not t.strip() for t in text):
         fail("--text: a caption is empty")
-    plugin, cfg, model, root = load_model(target, None, None, None, None, None, raw)
+    plugin, cfg, model, root = load_model(target, None, None, None, None, overrides, raw)
     if plugin.name != "motion":
         fail(f"{target}: a {plugin.name} run, not a motion run")
-    max_len = cfg.data.max_len
-    frames = max_len if seconds is None else round(seconds * skeleton(cfg).fps)
-    if not 1 <= frames <= max_len:
-        fail(f"--seconds {seconds}: {frames} frames; this model makes 1 to {max_len}")
+    try:
+        frames = motion_frames(cfg, seconds, key="--seconds")
+    except ValueError as e:
+        fail(str(e))
     model.to(resolve_device(cfg.train.device))
     captions = [t for t in text for _ in range(repeats)]
-    condition = {"caption": captions, "length": torch.full((len(captions),), frames)}
+    condition = caption_conditions(captions, len(captions), frames)
     generator = torch.Generator().manual_seed(seed)
     samples = plugin.sample(model, cfg, len(captions), condition, generator)
     out = out or root.with_name(f"{root.name}-text-seed{seed}")

@@ -48,6 +48,14 @@ class SamplerConfig(Section):
     eta: float = Field(0.0, ge=0)
     cfg_scale: float = Field(2.5, ge=1.0)
     batch_size: int = Field(64, gt=0)
+    captions: list[str] = Field(
+        default_factory=list,
+        description="captions of the sample grids and `layersync sample`, cycled (empty: "
+        "captions and lengths drawn from the eval split)",
+    )
+    seconds: float | None = Field(
+        None, gt=0, description="length of the sampler.captions motions (None: data.max_len)"
+    )
 
 
 class TextConfig(Section):
@@ -106,6 +114,17 @@ class MotionConfig(Section):
     sampler: SamplerConfig = SamplerConfig()
     text: TextConfig = TextConfig()
     metric: MetricConfig = MetricConfig()
+
+    @model_validator(mode="after")
+    def _caption_length(self) -> MotionConfig:
+        seconds = self.sampler.seconds
+        fps = 12.5 if self.data.source == "kit" else 20.0  # the skeleton's rate (skeleton.py)
+        if seconds is not None and not 1 <= round(seconds * fps) <= self.data.max_len:
+            raise ValueError(
+                f"sampler.seconds = {seconds}: {round(seconds * fps)} frames at {fps} fps; "
+                f"data.max_len allows 1 to {self.data.max_len}"
+            )
+        return self
 
 
 PRESETS = load_presets("layersync_motion", "presets")

@@ -155,6 +155,24 @@ def eval_conditions(dataset: MotionDataset, n: int, generator: torch.Generator) 
     }
 
 
+def motion_frames(cfg: Any, seconds: float | None, key: str = "sampler.seconds") -> int:
+    """Frames of a ``seconds``-long motion at the skeleton's rate (None: ``data.max_len``);
+    a length the model cannot make is a ValueError naming ``key``."""
+    max_len = cfg.data.max_len
+    frames = max_len if seconds is None else round(seconds * skeleton(cfg).fps)
+    if not 1 <= frames <= max_len:
+        raise ValueError(f"{key} {seconds}: {frames} frames; this model makes 1 to {max_len}")
+    return frames
+
+
+def caption_conditions(captions: list[str], n: int, frames: int) -> dict[str, Any]:
+    """``n`` conditions cycling through ``captions``, every motion ``frames`` long."""
+    return {
+        "caption": [captions[i % len(captions)] for i in range(n)],
+        "length": torch.full((n,), frames),
+    }
+
+
 # --------------------------------------------------------------------------------------------
 # The plugin
 # --------------------------------------------------------------------------------------------
@@ -247,6 +265,10 @@ class MotionModality(Modality):
         return build_objective(cfg)
 
     def conditions(self, cfg: Any, n: int, generator: torch.Generator) -> dict[str, Any]:
+        """``sampler.captions`` cycled at ``sampler.seconds``, or random eval-split draws."""
+        sc = cfg.sampler
+        if sc.captions:
+            return caption_conditions(sc.captions, n, motion_frames(cfg, sc.seconds))
         return eval_conditions(build_dataset(cfg, "eval"), n, generator)
 
     def sample(self, model, cfg, n, condition, generator) -> dict[str, Any]:
