@@ -3,8 +3,8 @@
 One digit per clip, grey on black, moving in a straight line and bouncing off the walls. Its
 start position, direction and speed come from the item's seeded generator (a new trajectory every
 epoch, identical on resume). ``start_spread`` is the fraction of the free room the start is drawn
-from, centred: 1 = anywhere, 0 = the centre of the canvas (a known first frame is far easier
-for a small model to learn). Label = the digit. The train and eval splits use disjoint digit
+from, centred: 1 = anywhere, 0 = the centre of the canvas (a predictable first frame, meant to
+ease a small model's job; its effect is not measured yet). Label = the digit. The train and eval splits use disjoint digit
 images (a fixed permutation of the 1,797 digits, the last 20% for eval).
 """
 
