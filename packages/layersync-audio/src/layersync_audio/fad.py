@@ -61,16 +61,22 @@ def load_embedding(embedding: str, weights: str | None = None) -> Any:
     return EMBEDDINGS[embedding][1](weights)
 
 
+def resample(waves: torch.Tensor, rate: int, target: int) -> torch.Tensor:
+    """``waves`` (..., N) at ``rate`` -> at ``target`` (unchanged when equal)."""
+    if rate == target:
+        return waves
+    import torchaudio
+
+    return torchaudio.functional.resample(waves, rate, target)
+
+
 @torch.no_grad()
 def embedding_stats(embed: Any, batches: Iterable[torch.Tensor], sample_rate: int) -> GaussianStats:
     """Statistics of the frame embeddings of clips given as ``(B, N)`` batches at
     ``sample_rate`` (resampled to the network's rate)."""
     stats = FeatureStats(embed.dim)
     for waves in batches:
-        if sample_rate != embed.sample_rate:
-            import torchaudio
-
-            waves = torchaudio.functional.resample(waves, sample_rate, embed.sample_rate)
+        waves = resample(waves, sample_rate, embed.sample_rate)
         stats.update(embed(list(waves.float().cpu())).double().cpu())
     if stats.n < 2:
         raise ValueError("FAD needs at least 2 embedding frames per set")

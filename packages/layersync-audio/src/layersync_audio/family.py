@@ -15,6 +15,8 @@ from typing import Any
 
 import torch
 
+from layersync_audio.fad import resample
+
 
 @torch.no_grad()
 def clip_embeddings(embed: Any, waves: Iterable[torch.Tensor]) -> list[torch.Tensor]:
@@ -56,14 +58,6 @@ def leave_one_out_accuracy(vectors: torch.Tensor, labels: torch.Tensor, classes:
         centres = torch.where(c[:, None] > 0, s / c.clamp(min=1)[:, None], float("nan"))
         right += int(nearest(v[None], centres)[0] == y)
     return right / len(vectors)
-
-
-def resample(waves: torch.Tensor, rate: int, target: int) -> torch.Tensor:
-    if rate == target:
-        return waves
-    import torchaudio
-
-    return torchaudio.functional.resample(waves, rate, target)
 
 
 def reference_vectors(

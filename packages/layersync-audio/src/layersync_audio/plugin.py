@@ -391,7 +391,7 @@ class AudioModality(Modality):
         with class labels on waveform data also ``family_accuracy`` (layersync_audio.family)."""
         from layersync.metrics import FeatureStats
         from layersync_audio import family
-        from layersync_audio.fad import metric_name
+        from layersync_audio.fad import metric_name, resample
 
         mc = cfg.metric
         if mc.fad == "off":
@@ -407,7 +407,7 @@ class AudioModality(Modality):
             waves = self.sample(model, cfg, len(chunk), chunk, generator)
             first = waves if first is None else first
             waves = waves.mean(1) if waves.ndim == 3 else waves  # the embeddings take mono
-            waves = family.resample(waves, sample_rate(cfg), embed.sample_rate)
+            waves = resample(waves, sample_rate(cfg), embed.sample_rate)
             for frames in family.clip_embeddings(embed, waves):
                 stats.update(frames)
                 vectors.append(frames.mean(0))
