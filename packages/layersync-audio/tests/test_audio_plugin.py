@@ -262,3 +262,30 @@ def test_family_accuracy_reads_the_conditioning_class(plugin, tmp_path, monkeypa
     assert right["family_accuracy_real"] == shifted["family_accuracy_real"] > 0.4  # chance 0.125
     assert right["family_accuracy"] > 0.4 > 0.1 > shifted["family_accuracy"]
     assert right["fad_musicnn"] == pytest.approx(shifted["fad_musicnn"], rel=1e-6)
+
+
+def test_family_reference_is_embedded_once_per_key(plugin, tmp_path, monkeypatch):
+    """The real clips' vectors for the family centroids are computed once and read back from the
+    cache (labels and float64 vectors exact); a different reference count is a new entry."""
+    from layersync_audio import family
+    from layersync_audio.plugin import family_reference
+
+    monkeypatch.setenv("LAYERSYNC_CACHE", str(tmp_path / "cache"))
+    calls = []
+
+    def fake_vectors(embed, clips, count, rate):
+        calls.append(count)
+        g = torch.Generator().manual_seed(len(calls))
+        return torch.randn(count, 5, generator=g, dtype=torch.float64), torch.arange(count) % 8
+
+    monkeypatch.setattr(family, "reference_vectors", fake_vectors)
+    cfg = resolve(plugin, preset="demo", overrides=[*TINY, "metric.reference_count=6"])
+    first = family_reference(cfg, None)
+    again = family_reference(cfg, None)
+    assert calls == [6]
+    assert torch.equal(first[0], again[0]) and first[0].dtype == torch.float64
+    assert first[1].tolist() == [0, 1, 2, 3, 4, 5]
+    family_reference(
+        resolve(plugin, preset="demo", overrides=[*TINY, "metric.reference_count=7"]), None
+    )
+    assert calls == [6, 7]

@@ -248,14 +248,11 @@ def _family_classes(cfg: Any) -> int:
     return classes if kind == "class" else 0
 
 
-def reference_stats(cfg: Any, embed: Any):
-    """Embedding statistics of the real clips of ``metric.reference_split``, cached."""
-    from layersync.metrics import cached_stats
-    from layersync_audio.fad import embedding_stats
-
+def _reference_key(cfg: Any, what: str) -> dict[str, Any]:
+    """Everything a cached reference quantity of ``metric.reference_split`` depends on."""
     mc, dc = cfg.metric, cfg.data
-    key = {
-        "what": "fad-reference",
+    return {
+        "what": what,
         "embedding": mc.embedding,
         "weights": mc.weights or "installed",
         "data": dc.model_dump(mode="json"),
@@ -263,6 +260,32 @@ def reference_stats(cfg: Any, embed: Any):
         "split": mc.reference_split,
         "count": mc.reference_count,
     }
+
+
+def family_reference(cfg: Any, embed: Any) -> tuple[torch.Tensor, torch.Tensor]:
+    """(clip vectors, labels) of the real reference clips for the family metrics, cached
+    like the FAD statistics (stored as one array: the label, then the vector)."""
+    from layersync.metrics import cached_array
+    from layersync_audio import family
+
+    def compute() -> np.ndarray:
+        real = wave_dataset(cfg.data, cfg.metric.reference_split)
+        vectors, labels = family.reference_vectors(
+            embed, real, cfg.metric.reference_count, sample_rate(cfg)
+        )
+        return torch.cat([labels[:, None].double(), vectors], 1).numpy()
+
+    table = torch.from_numpy(cached_array(_reference_key(cfg, "family-reference"), compute))
+    return table[:, 1:], table[:, 0].long()
+
+
+def reference_stats(cfg: Any, embed: Any):
+    """Embedding statistics of the real clips of ``metric.reference_split``, cached."""
+    from layersync.metrics import cached_stats
+    from layersync_audio.fad import embedding_stats
+
+    mc, dc = cfg.metric, cfg.data
+    key = _reference_key(cfg, "fad-reference")
 
     def compute():
         if dc.source == "latents":  # VAE reconstructions of the cached crops
@@ -414,8 +437,7 @@ class AudioModality(Modality):
         self.write_samples(first, out_dir, cfg, prefix="fad-samples")
         out = {metric_name(mc.embedding): stats.finalize().frechet_distance(ref)}
         if classes:
-            real = wave_dataset(cfg.data, mc.reference_split)
-            reference = family.reference_vectors(embed, real, mc.reference_count, sample_rate(cfg))
+            reference = family_reference(cfg, embed)
             out |= family.family_scores(torch.stack(vectors), conditions, reference, classes)
         return out
 
