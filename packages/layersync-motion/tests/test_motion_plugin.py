@@ -193,7 +193,7 @@ def test_generate_from_captions(tmp_path):
     done = CliRunner().invoke(app, [*args, "--seconds", "9"])
     assert done.exit_code == 2
     assert [ln for ln in done.output.splitlines() if ln] == [
-        "error: --seconds 9.0: 180 frames; this model makes 1 to 64"
+        "error: --seconds = 9.0: 180 frames at 20.0 fps; data.max_len allows 1 to 64"
     ]
 
 

@@ -117,14 +117,28 @@ class MotionConfig(Section):
 
     @model_validator(mode="after")
     def _caption_length(self) -> MotionConfig:
-        seconds = self.sampler.seconds
-        fps = 12.5 if self.data.source == "kit" else 20.0  # the skeleton's rate (skeleton.py)
-        if seconds is not None and not 1 <= round(seconds * fps) <= self.data.max_len:
-            raise ValueError(
-                f"sampler.seconds = {seconds}: {round(seconds * fps)} frames at {fps} fps; "
-                f"data.max_len allows 1 to {self.data.max_len}"
-            )
+        frames_for(self.sampler.seconds, self.data.source, self.data.max_len, "sampler.seconds")
         return self
+
+
+def frame_rate(source: str) -> float:
+    """The skeleton's frame rate of a data source: KIT-ML 12.5 fps, HumanML3D (and the
+    embedded data, on its skeleton) 20 fps. ``skeleton.py`` builds its specs from this."""
+    return 12.5 if source == "kit" else 20.0
+
+
+def frames_for(seconds: float | None, source: str, max_len: int, key: str) -> int:
+    """Frames of a ``seconds``-long motion (None: ``max_len``); a length the model cannot make
+    is a ValueError naming ``key``."""
+    if seconds is None:
+        return max_len
+    fps = frame_rate(source)
+    frames = round(seconds * fps)
+    if not 1 <= frames <= max_len:
+        raise ValueError(
+            f"{key} = {seconds}: {frames} frames at {fps} fps; data.max_len allows 1 to {max_len}"
+        )
+    return frames
 
 
 PRESETS = load_presets("layersync_motion", "presets")

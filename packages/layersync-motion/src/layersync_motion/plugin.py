@@ -28,7 +28,7 @@ from layersync.diffusion import (
 from layersync.plugin import LayerSyncDefaults, MetricSpec, Modality
 from layersync.taps import TokenView, sequence_first
 
-from .config import PRESETS, MotionConfig
+from .config import PRESETS, MotionConfig, frames_for
 from .data import MotionDataError, MotionDataset, load_mean_std
 from .skeleton import KIT, T2M, SkeletonSpec
 
@@ -158,11 +158,7 @@ def eval_conditions(dataset: MotionDataset, n: int, generator: torch.Generator) 
 def motion_frames(cfg: Any, seconds: float | None, key: str = "sampler.seconds") -> int:
     """Frames of a ``seconds``-long motion at the skeleton's rate (None: ``data.max_len``);
     a length the model cannot make is a ValueError naming ``key``."""
-    max_len = cfg.data.max_len
-    frames = max_len if seconds is None else round(seconds * skeleton(cfg).fps)
-    if not 1 <= frames <= max_len:
-        raise ValueError(f"{key} {seconds}: {frames} frames; this model makes 1 to {max_len}")
-    return frames
+    return frames_for(seconds, cfg.data.source, cfg.data.max_len, key)
 
 
 def caption_conditions(captions: list[str], n: int, frames: int) -> dict[str, Any]:

@@ -16,6 +16,8 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from .config import frame_rate
+
 #################################################################################
 #                                 Quaternions                                   #
 #################################################################################
@@ -180,7 +182,7 @@ T2M = SkeletonSpec(
     feet_right=(8, 11),
     feet_left=(7, 10),
     lower_legs=(5, 8),
-    fps=20.0,
+    fps=frame_rate("humanml3d"),
     foot_threshold=0.002,
 )
 """HumanML3D: pelvis 0, L/R hip 1/2, spine 3/6/9, knees 4/5, ankles 7/8, feet 10/11, neck 12,
@@ -222,7 +224,7 @@ KIT = SkeletonSpec(
     feet_right=(14, 15),
     feet_left=(19, 20),
     lower_legs=(17, 18),
-    fps=12.5,
+    fps=frame_rate("kit"),
     foot_threshold=0.05,
 )
 """KIT-ML (21 joints, 12.5 fps; positions in the dataset's millimetre-derived units)."""
