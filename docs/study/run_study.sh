@@ -22,9 +22,10 @@ run() {  # run NAME CMD...: nice'd, CPU time (user+sys s) logged, output in $STU
   echo "$name start=$start user_s=$user sys_s=$sys" >>"$STUDY/cpu_times.txt"
 }
 
-share_vanilla() {  # share_vanilla OUT SOURCE_OUT SEED: link the finished vanilla arm
+share_vanilla() {  # share_vanilla OUT SOURCE_OUT SEED: link the vanilla arm when it exists
   mkdir -p "$1"
-  [ -e "$1/vanilla-seed$3" ] || ln -s "$2/vanilla-seed$3" "$1/vanilla-seed$3"
+  [ -L "$1/vanilla-seed$3" ] && [ ! -e "$1/vanilla-seed$3" ] && rm "$1/vanilla-seed$3"  # dangling
+  [ -e "$1/vanilla-seed$3" ] || [ ! -d "$2/vanilla-seed$3" ] || ln -s "$2/vanilla-seed$3" "$1/vanilla-seed$3"
 }
 
 # -- Stage A: dose-response at demo depth --------------------------------------------------
