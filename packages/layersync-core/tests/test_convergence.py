@@ -201,6 +201,24 @@ def test_cli_convergence_refuses_a_run_with_another_config(
     assert changed.exit_code == 2 and "layersync.weight" in changed.output
 
 
+def test_cli_convergence_names_fields_an_old_saved_config_lacks(
+    layersync_cli: Callable, tmp_path: Path
+) -> None:
+    """A field added after a run was trained is absent from its config.toml: the run is still
+    reused (read as today's default), and the warning names the field."""
+    out = tmp_path / "conv"
+    assert invoke(layersync_cli, out, 2, "--seeds", "0").exit_code == 0
+    saved = out / "vanilla-seed0" / "config.toml"
+    text = saved.read_text()
+    assert "\nlr_schedule = " in text
+    saved.write_text("\n".join(x for x in text.splitlines() if not x.startswith("lr_schedule =")))
+    again = invoke(layersync_cli, out, 2, "--seeds", "0")
+    assert again.exit_code == 0, again.output
+    assert again.output.count("reused") == 2
+    assert "predates train.lr_schedule: read as today's defaults" in again.output
+    assert again.output.count("predates") == 1  # the untouched arm: no warning
+
+
 # --------------------------------------------------------------------------------------------
 # Declared metrics: the plugin's primary metric and its direction (issue 10, item 3)
 # --------------------------------------------------------------------------------------------

@@ -88,17 +88,22 @@ def run_state(run_dir: Path, steps: int) -> str:
     return "new"
 
 
-def check_same_run(run_dir: Path, cfg: Any, plugin: Modality) -> None:
+def check_same_run(
+    run_dir: Path, cfg: Any, plugin: Modality, log: Callable[[str], None] | None = None
+) -> None:
     """Refuse to reuse a run directory trained with another config.
 
     Ignored: the steps and logging, where the run lives (``run.out_dir``/``run.name``: a moved
     or linked run is the same run) and, when both are vanilla (LayerSync off or λ = 0), the
-    LayerSync settings (one vanilla arm can then be shared by several λ studies)."""
+    LayerSync settings (one vanilla arm can then be shared by several λ studies). Fields the
+    saved config does not hold (added to LayerSync after the run was trained) are read as
+    today's defaults and named through ``log``: the run may have been trained otherwise."""
     from layersync import config as config_lib
 
     saved = run_dir / "config.toml"
     if not saved.is_file():
         return
+    written = config_lib.read_toml(saved)
     old = config_lib.resolve(plugin, file=saved).model_dump(mode="json")
     new = cfg.model_dump(mode="json")
     vanilla = all(
@@ -117,6 +122,12 @@ def check_same_run(run_dir: Path, cfg: Any, plugin: Modality) -> None:
             f"{run_dir} was trained with another config ({', '.join(diff[:5])} differ); "
             "choose another --out or delete it"
         )
+    absent = _absent_keys(new, written)
+    if absent and log is not None:
+        log(
+            f"warning: {saved} predates {', '.join(absent[:5])}"
+            f"{' ...' if len(absent) > 5 else ''}: read as today's defaults"
+        )
 
 
 def _diff_keys(a: Any, b: Any, prefix: str = "") -> list[str]:
@@ -126,13 +137,25 @@ def _diff_keys(a: Any, b: Any, prefix: str = "") -> list[str]:
     return [] if a == b else [prefix.rstrip(".")]
 
 
+def _absent_keys(data: Any, written: Any, prefix: str = "") -> list[str]:
+    """Leaves of ``data`` that ``written`` (a saved TOML, None values omitted) does not hold."""
+    if isinstance(data, dict):
+        held = written if isinstance(written, dict) else {}
+        return [
+            k
+            for key, value in data.items()
+            for k in _absent_keys(value, held.get(key), f"{prefix}{key}.")
+        ]
+    return [prefix.rstrip(".")] if written is None and data is not None else []
+
+
 def ensure_run(cfg: Any, plugin: Modality, log: Callable[[str], None]) -> Path:
     """Train the run of ``cfg`` unless it is done; resume it if it has a checkpoint."""
     from layersync.rundir import run_dir_of
     from layersync.train import train
 
     run_dir = run_dir_of(cfg)
-    check_same_run(run_dir, cfg, plugin)
+    check_same_run(run_dir, cfg, plugin, log)
     state = run_state(run_dir, cfg.train.steps)
     if state == "done":
         log(f"{run_dir.name}: finished, reused")
