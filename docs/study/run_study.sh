@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # The issue-14 study (docs/study/README.md): Stage A then Stage B, resumable.
-#   bash docs/study/run_study.sh [A [ROW ...]|A2|B|Bfinal|all]     (default: all)
+#   bash docs/study/run_study.sh [A [ROW ...]|A2|B|Bseed SEED|Bfinal|all]     (default: all)
 # Every arm is a run directory `layersync bench convergence` reuses when finished and resumes
 # from its last checkpoint otherwise: re-run the same command after an interruption. Output in
 # $STUDY (default /work/study); CPU time of each command appended to $STUDY/cpu_times.txt.
@@ -73,9 +73,10 @@ PY
 }
 
 # -- Stage B: 12 blocks on Fashion-MNIST, pair 4<-8 -----------------------------------------
-B_COMMON=(--preset fashion-mnist --steps 3000 --eval-every 250 --metric val_loss
-  --no-noise-check model.depth=12 model.hidden_size=96 model.num_heads=4 model.patch_size=4
+B_OVERRIDES=(model.depth=12 model.hidden_size=96 model.num_heads=4 model.patch_size=4
   layersync.pairs=4\<-8 metric.fid=off log.progress=false checkpoint.every=250)
+B_COMMON=(--preset fashion-mnist --steps 3000 --eval-every 250 --metric val_loss
+  --no-noise-check "${B_OVERRIDES[@]}")
 stage_b_row() {  # stage_b_row LAMBDA LR SEEDS
   local out="$STUDY/B/lam$1-lr$2"
   [ "$1" = 0.3 ] || share_vanilla "$out" "$STUDY/B/lam0.3-lr$2" "${3##*,}"
@@ -87,6 +88,22 @@ stage_b() {
   stage_b_row 0.3 1e-4 0
   stage_b_row 0.2 1e-3 0
   stage_b_row 0.2 1e-4 0
+}
+stage_b_seed() {  # stage_b_seed SEED: both arms of the λ 0.3 / lr 1e-3 row, in parallel
+  # Each arm is trained by `layersync train` with the config `bench convergence` gives it (one
+  # thread each, the two arms side by side); bench then finds both finished and reads them.
+  local out="$STUDY/B/lam0.3-lr1e-3" seed=$1 arm weight pids=()
+  for arm in vanilla layersync; do
+    weight=0.3
+    [ "$arm" = layersync ] || weight=0  # as bench's vanilla arm: the term measured, not trained
+    run "B-lam0.3-lr1e-3-$arm-s$seed" "$LS" train -m image --preset fashion-mnist \
+      "${B_OVERRIDES[@]}" train.lr=1e-3 layersync.weight=$weight run.out_dir="$out" \
+      run.name="$arm-seed$seed" \
+      run.seed="$seed" train.steps=3000 log.eval_every=250 layersync.enabled=true &
+    pids+=($!)
+  done
+  wait "${pids[@]}"
+  stage_b_row 0.3 1e-3 "$seed"
 }
 stage_b_final() {  # FID (and KID) of 2000 samples on every final checkpoint, two sampling seeds
   for lr in 1e-3 1e-4; do
@@ -114,7 +131,8 @@ case "${1:-all}" in
   A) stage_a "${@:2}" ;;
   A2) stage_a2 ;;
   B) stage_b ;;
+  Bseed) stage_b_seed "$2" ;;
   Bfinal) stage_b_final ;;
   all) stage_a && stage_a2 && stage_b && stage_b_final ;;
-  *) echo "usage: $0 [A [ROW ...]|A2|B|Bfinal|all]" >&2; exit 2 ;;
+  *) echo "usage: $0 [A [ROW ...]|A2|B|Bseed SEED|Bfinal|all]" >&2; exit 2 ;;
 esac
