@@ -201,6 +201,34 @@ def test_cli_convergence_refuses_a_run_with_another_config(
     assert changed.exit_code == 2 and "layersync.weight" in changed.output
 
 
+def test_cli_convergence_stops_when_an_arm_is_signalled(
+    layersync_cli: Callable, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """SIGTERM during an arm: training saves and returns early; bench must stop there (one
+    error line), not go on to the next arm, and the same command then resumes the arm."""
+    import signal
+
+    from layersync.train.runtime import StopFlag
+
+    enter = StopFlag.__enter__
+
+    def signalled(self: StopFlag) -> StopFlag:  # as if SIGTERM arrived before the first step
+        enter(self)
+        self.signal = signal.SIGTERM
+        return self
+
+    out = tmp_path / "conv"
+    monkeypatch.setattr(StopFlag, "__enter__", signalled)
+    stopped = invoke(layersync_cli, out, 4, "--seeds", "0")
+    assert stopped.exit_code == 2
+    assert "error: vanilla-seed0 stopped before step 4 (a signal)" in stopped.output
+    assert not (out / "layersync-seed0").exists()  # the next arm never started
+    monkeypatch.setattr(StopFlag, "__enter__", enter)
+    again = invoke(layersync_cli, out, 4, "--seeds", "0")
+    assert again.exit_code == 0, again.output
+    assert "vanilla-seed0: resuming from its last checkpoint" in again.output
+
+
 def test_cli_convergence_names_fields_an_old_saved_config_lacks(
     layersync_cli: Callable, tmp_path: Path
 ) -> None:

@@ -40,6 +40,10 @@ Curve = list[tuple[int, float]]
 # --------------------------------------------------------------------------------------------
 
 
+class RunStopped(RuntimeError):
+    """An arm's training returned before its last step (it was signalled and saved)."""
+
+
 def arm_config(
     plugin: Modality, cfg: Any, out_dir: Path, arm: str, seed: int, steps: int, eval_every: int
 ) -> Any:
@@ -162,9 +166,16 @@ def ensure_run(cfg: Any, plugin: Modality, log: Callable[[str], None]) -> Path:
         return run_dir
     if state == "partial":
         log(f"{run_dir.name}: resuming from its last checkpoint")
-        return train(cfg, plugin, resume="latest")
-    log(f"{run_dir.name}: training {cfg.train.steps} steps")
-    return train(cfg, plugin, overwrite=True)
+        run_dir = train(cfg, plugin, resume="latest")
+    else:
+        log(f"{run_dir.name}: training {cfg.train.steps} steps")
+        run_dir = train(cfg, plugin, overwrite=True)
+    if run_state(run_dir, cfg.train.steps) != "done":  # SIGINT/SIGTERM: saved, then returned
+        raise RunStopped(
+            f"{run_dir.name} stopped before step {cfg.train.steps} (a signal); its checkpoint "
+            "is saved: run the same command again to resume"
+        )
+    return run_dir
 
 
 # --------------------------------------------------------------------------------------------

@@ -44,7 +44,7 @@ def debugging() -> bool:
 
 
 # by name: no torch import here
-_RUN_ERRORS = {"NonFiniteLossError", "NonFiniteWeightsError", "PluginError"}
+_RUN_ERRORS = {"NonFiniteLossError", "NonFiniteWeightsError", "PluginError", "RunStopped"}
 
 
 def _user_error(error: BaseException) -> bool:
