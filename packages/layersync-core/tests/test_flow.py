@@ -1,7 +1,7 @@
 """Tests of layersync.flow: interpolant formulas, losses, conversions, samplers, guidance, NFE.
 
-The samplers are checked on a 2-D Gaussian mixture whose exact velocity, score and noise
-prediction are derived in closed form below (posterior over components given x_t).
+The samplers are checked on a 2-D Gaussian mixture whose exact velocity, score, noise and data
+predictions are derived in closed form below (posterior over components given x_t).
 """
 
 import itertools
@@ -52,7 +52,7 @@ TRUE_VAR = (WEIGHTS[:, None] * (STDS**2 + MEANS**2)).sum(0) - TRUE_MEAN**2
 
 
 def mixture_fields(x: torch.Tensor, t: torch.Tensor, path: str = "linear"):
-    """Exact (velocity, score, noise prediction E[x0 | x_t]) for x_t = alpha x1 + sigma x0."""
+    """Exact (velocity, score, E[x0 | x_t], E[x1 | x_t]) for x_t = alpha x1 + sigma x0."""
     a, da, s, ds = (c[:, None, None] for c in coefs(path, t))
     var = a**2 * STDS**2 + s**2  # (B, K, D): x_t | component k
     diff = x[:, None, :] - a * MEANS
@@ -63,11 +63,12 @@ def mixture_fields(x: torch.Tensor, t: torch.Tensor, path: str = "linear"):
     velocity = (post * (da * e_x1 + ds * e_x0)).sum(1)
     score = (post * (-diff / var)).sum(1)
     noise = (post * e_x0).sum(1)
-    return velocity, score, noise
+    data = (post * e_x1).sum(1)
+    return velocity, score, noise, data
 
 
 def exact_model(path: str, prediction: str):
-    index = {"velocity": 0, "score": 1, "noise": 2}[prediction]
+    index = {"velocity": 0, "score": 1, "noise": 2, "data": 3}[prediction]
     return lambda x, t: mixture_fields(x, t, path)[index]
 
 
@@ -121,6 +122,7 @@ def test_interpolate_matches_hand_formulas(path, shape):
     [
         ("linear", "velocity", (0.0, 0.0), (0.0, 1.0), (0.0, 0.96), (0.0, 1.0)),
         ("gvp", "velocity", (0.0, 0.0), (0.0, 1.0), (0.0, 0.96), (0.0, 1.0)),
+        ("linear", "data", (0.0, 0.0), (0.0, 1.0), (0.0, 0.96), (0.0, 1.0)),
         ("linear", "noise", (1e-3, 1e-3), (1e-3, 1 - 1e-3), (1e-3, 0.96), (1e-3, 1 - 1e-3)),
         ("gvp", "score", (1e-3, 1e-3), (1e-3, 1 - 1e-3), (1e-3, 0.96), (1e-3, 1 - 1e-3)),
         ("vp", "velocity", (1e-5, 1e-3), (0.0, 1 - 1e-3), (0.0, 0.96), (0.0, 1 - 1e-3)),
@@ -188,18 +190,42 @@ def test_noise_and_score_losses_with_weights(prediction, weight):
     torch.testing.assert_close(out.loss, (w * err**2).mean(dim=(1, 2)))
 
 
+@pytest.mark.parametrize("path", ["linear", "gvp"])
+def test_data_loss_is_the_velocity_loss_it_implies(path):
+    # JiT's v-loss: on the linear path (out - x1)^2 / (1 - t)^2, 1 - t clamped at 0.05; below
+    # the clamp it is the velocity loss of the converted output against the converted target
+    g = torch.Generator().manual_seed(4)
+    x1, x0 = (torch.randn(5, 3, 8, generator=g, dtype=DT) for _ in range(2))
+    t = torch.tensor([0.0, 0.1, 0.4, 0.9, 0.97], dtype=DT)
+    tr = Transport(path, "data")
+    out = tr.loss(lambda x, t: 0.3 * x, x1, t=t, noise=x0)
+    tt = t.view(-1, 1, 1)
+    a, da, s, ds = coefs(path, tt)
+    x_t = a * x1 + s * x0
+    pred = 0.3 * x_t
+    if path == "linear":
+        w = (1 + tt / (1 - tt).clamp_min(0.05)) ** 2
+        torch.testing.assert_close(out.loss, (w * (pred - x1) ** 2).mean(dim=(1, 2)))
+        torch.testing.assert_close(out.loss[:4], (((pred - x1) / (1 - tt)) ** 2).mean((1, 2))[:4])
+    v_pred = tr.velocity_from_output(pred, x_t, t)
+    v_true = tr.velocity_from_output(x1, x_t, t)  # = da x1 + ds x0 where sigma >= 0.05
+    torch.testing.assert_close(out.loss, ((v_pred - v_true) ** 2).mean(dim=(1, 2)))
+    torch.testing.assert_close(v_true[:4], (da * x1 + ds * x0)[:4])
+    assert torch.equal(out.target, x1)
+
+
 #################################################################################
 #                         Prediction-type conversions                           #
 #################################################################################
 
 
 @pytest.mark.parametrize("path", ["linear", "gvp", "vp"])
-@pytest.mark.parametrize("prediction", ["velocity", "noise", "score"])
+@pytest.mark.parametrize("prediction", ["velocity", "noise", "score", "data"])
 def test_conversions_give_back_exact_fields(path, prediction):
     g = torch.Generator().manual_seed(3)
     x = torch.randn(64, 2, generator=g, dtype=DT) * 1.5
     t = torch.linspace(0.05, 0.95, 64, dtype=DT)
-    v, s, _ = mixture_fields(x, t, path)
+    v, s, *_ = mixture_fields(x, t, path)
     tr = Transport(path, prediction)
     model = exact_model(path, prediction)
     torch.testing.assert_close(tr.velocity(model)(x, t), v, rtol=1e-9, atol=1e-9)
@@ -233,6 +259,15 @@ def test_ode_gvp_noise_prediction_recovers_mixture():
     t0, t1 = tr.ode_interval()
     vel = tr.velocity(exact_model("gvp", "noise"))
     x = sample_ode(vel, sobol_normal(4096), steps=60, method="heun", t0=t0, t1=t1)
+    assert_mixture(x, mean_tol=0.02, var_rtol=0.03, weight_tol=0.01)
+
+
+def test_ode_data_prediction_recovers_mixture():
+    # the clamp (sigma >= 0.05) changes the field only in the last 5% of time
+    tr = Transport("linear", "data")
+    vel = tr.velocity(exact_model("linear", "data"))
+    t0, t1 = tr.ode_interval()
+    x = sample_ode(vel, sobol_normal(4096), steps=50, method="heun", t0=t0, t1=t1)
     assert_mixture(x, mean_tol=0.02, var_rtol=0.03, weight_tol=0.01)
 
 

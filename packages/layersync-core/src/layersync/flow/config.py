@@ -23,7 +23,7 @@ from .transport import ModelFn, Transport
 
 class TransportConfig(Section):
     path: Literal["linear", "gvp", "vp"] = "linear"
-    prediction: Literal["velocity", "noise", "score"] = "velocity"
+    prediction: Literal["velocity", "noise", "score", "data"] = "velocity"
     loss_weight: Literal["velocity", "likelihood"] | None = None
     train_eps: float | None = None
     sample_eps: float | None = None

@@ -24,7 +24,9 @@ from torch import Tensor
 ModelFn = Callable[..., Tensor]
 
 PATHS = ("linear", "gvp", "vp")
-PREDICTIONS = ("velocity", "noise", "score")
+PREDICTIONS = ("velocity", "noise", "score", "data")
+DATA_SIGMA_MIN = 0.05
+"""Data prediction divides by sigma_t; below this it is clamped (JiT's ``t_eps`` on 1 - t)."""
 LOSS_WEIGHTS = (None, "velocity", "likelihood")
 DIFFUSION_FORMS = (
     "constant",
@@ -158,7 +160,7 @@ class TransportLoss:
     loss: Tensor  # (B,) mean over non-batch dims, loss weighting applied
     t: Tensor  # (B,) times used
     x_t: Tensor  # the model input
-    target: Tensor  # regression target of the prediction type (velocity, noise or -noise/sigma)
+    target: Tensor  # regression target: velocity, noise, -noise/sigma or the data
     prediction: Tensor  # raw model output
     noise: Tensor  # x0
 
@@ -168,9 +170,13 @@ class Transport:
 
     Args:
         path: "linear" | "gvp" | "vp".
-        prediction: what the model outputs: "velocity" | "noise" | "score".
+        prediction: what the model outputs: "velocity" | "noise" | "score" | "data". "data" is
+            JiT's x-prediction (Li & He 2025, "Back to Basics: Let Denoising Generative Models
+            Denoise"): the model outputs the clean x1, trained with the velocity loss it implies
+            (with sigma_t clamped at ``DATA_SIGMA_MIN``), meant for tokens wider than the model.
         loss_weight: None | "velocity" | "likelihood"; as in SiT it weights only the noise/score
-            losses ((drift_var/sigma)^2 and drift_var/sigma^2); velocity losses are unweighted.
+            losses ((drift_var/sigma)^2 and drift_var/sigma^2); velocity and data losses are
+            weighted by their own velocity form.
         train_eps, sample_eps: None picks SiT's create_transport defaults: VP 1e-5 / 1e-3,
             Linear/GVP with noise or score prediction 1e-3 / 1e-3, Linear/GVP velocity 0 / 0.
             An explicit value is kept (SiT's create_transport overwrote it with 0 for
@@ -195,12 +201,17 @@ class Transport:
         self.loss_weight = loss_weight
         if self.path_name == "vp":
             default_train, default_sample = 1e-5, 1e-3
-        elif prediction != "velocity":
+        elif not self._regular:
             default_train, default_sample = 1e-3, 1e-3
-        else:  # velocity on Linear/GVP is stable on the closed interval
+        else:  # velocity (and clamped data) on Linear/GVP is stable on the closed interval
             default_train, default_sample = 0.0, 0.0
         self.train_eps = default_train if train_eps is None else float(train_eps)
         self.sample_eps = default_sample if sample_eps is None else float(sample_eps)
+
+    @property
+    def _regular(self) -> bool:
+        """Whether the model output is finite on all of [0, 1] (velocity; data, clamped)."""
+        return self.prediction in ("velocity", "data")
 
     def __repr__(self) -> str:
         return (
@@ -218,9 +229,9 @@ class Transport:
         end = 1 - eps if (not sde or last_step_size == 0) else 1 - last_step_size
         if self.path_name == "vp":
             t1 = end
-        elif self.prediction != "velocity" or sde:
+        elif not self._regular or sde:
             # avoid the singular ends: noise/score models are undefined at t = 0 and t = 1
-            singular_start = (diffusion_form == "SBDM" and sde) or self.prediction != "velocity"
+            singular_start = (diffusion_form == "SBDM" and sde) or not self._regular
             t0 = eps if singular_start else 0.0
             t1 = end
         return t0, t1
@@ -288,6 +299,13 @@ class Transport:
             return TransportLoss(mean_flat((out - u_t) ** 2), t, x_t, u_t, out, noise)
 
         tt = expand_t_like_x(t, x_t)
+        if self.prediction == "data":
+            # v(out) - v(x1) with the clamped sigma in both = (d_alpha - d_sigma alpha / sigma) *
+            # (out - x1): JiT's v-loss, (out - x1)^2 / (1 - t)^2 on the linear path
+            alpha, d_alpha = self.path.alpha(tt)
+            sigma, d_sigma = self.path.sigma(tt)
+            weight = (d_alpha - d_sigma * alpha / sigma.clamp_min(DATA_SIGMA_MIN)) ** 2
+            return TransportLoss(mean_flat(weight * (out - x1) ** 2), t, x_t, x1, out, noise)
         sigma, _ = self.path.sigma(tt)
         drift_var = self.path.drift_var(tt)
         if self.loss_weight == "velocity":
@@ -311,6 +329,10 @@ class Transport:
         tt = expand_t_like_x(t, x)
         if self.prediction == "score":
             return out
+        if self.prediction == "data":
+            return -self._noise_from_data(out, x, tt) / self.path.sigma(tt)[0].clamp_min(
+                DATA_SIGMA_MIN
+            )
         if self.prediction == "noise":
             return -out / self.path.sigma(tt)[0]
         # velocity: invert v = (d_alpha/alpha) x + drift_var * s, scaled by alpha/d_alpha so it
@@ -324,8 +346,16 @@ class Transport:
         if self.prediction == "velocity":
             return out
         tt = expand_t_like_x(t, x)
+        if self.prediction == "data":  # v = d_alpha x1 + d_sigma x0, x0 implied by x and x1
+            d_alpha, d_sigma = self.path.alpha(tt)[1], self.path.sigma(tt)[1]
+            return d_alpha * out + d_sigma * self._noise_from_data(out, x, tt)
         score = self.score_from_output(out, x, t)
         return self.path.alpha_ratio(tt) * x + self.path.drift_var(tt) * score
+
+    def _noise_from_data(self, out: Tensor, x: Tensor, tt: Tensor) -> Tensor:
+        """x0 = (x - alpha x1) / sigma for a data prediction ``out`` (sigma clamped)."""
+        sigma = self.path.sigma(tt)[0].clamp_min(DATA_SIGMA_MIN)
+        return (x - self.path.alpha(tt)[0] * out) / sigma
 
     def velocity(self, model_fn: ModelFn) -> ModelFn:
         """The ODE velocity field v(x, t, **kw) of a model of this prediction type."""
