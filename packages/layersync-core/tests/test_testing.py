@@ -216,7 +216,9 @@ def test_default_block_names_layersync_and_write_samples(toy_image, tmp_path):
     model = plugin.build_model(None)
     assert plugin.block_names(None, model) == [f"blocks.{i}" for i in range(12)]
     assert plugin.default_layersync(None) == LayerSyncDefaults(pairs="3<-7", weight=0.2)
-    assert depth_ratio_pairs(28) == "8<-16" and depth_ratio_pairs(4) == "1<-2"
+    assert depth_ratio_pairs(28) == "8<-16" and depth_ratio_pairs(12) == "3<-7"
+    # at least two blocks apart where the depth allows (no heuristic warning on the default)
+    assert [depth_ratio_pairs(d) for d in (2, 3, 4, 6)] == ["1<-2", "1<-3", "1<-3", "2<-4"]
     state = torch.random.get_rng_state()
     plugin.default_layersync(None)  # counting the blocks draws no random numbers
     assert torch.equal(state, torch.random.get_rng_state())

@@ -151,7 +151,7 @@ class Modality(ABC):
         """Recommended pair(s) and λ for this model configuration.
 
         Default: the paper's SiT-XL/2 choice scaled to the model's depth D,
-        ``depth_ratio_pairs(D)``, i.e. round(8 D / 28) <- round(16 D / 28), with λ = 0.2. D is
+        ``depth_ratio_pairs(D)``, about round(8 D / 28) <- round(16 D / 28), with λ = 0.2. D is
         counted by building the model once per config (on the CPU, without touching any RNG
         stream); override this method when building the model is expensive."""
         key = cfg.model_dump_json() if hasattr(cfg, "model_dump_json") else repr(cfg)
@@ -290,12 +290,14 @@ def declared_metrics(plugin: Any, cfg: Any = None) -> dict[str, MetricSpec]:
 
 def depth_ratio_pairs(depth: int) -> str:
     """The paper's SiT-XL/2 pair 8<-16 of 28 blocks scaled to ``depth`` blocks (1-based):
-    ``round(8 D / 28) <- round(16 D / 28)``, kept at least one block apart (needs D >= 2)."""
+    ``round(8 D / 28) <- round(16 D / 28)``, kept at least two blocks apart where the depth
+    allows (a gap of one is what ``validate_pairs`` warns about) and one apart otherwise
+    (D = 2: 1<-2). Needs D >= 2."""
     if depth < 2:
         raise ValueError(f"LayerSync needs at least 2 blocks to pair, got {depth}")
-    student = min(depth - 1, max(1, round(8 * depth / 28)))
-    teacher = min(depth, max(student + 1, round(16 * depth / 28)))
-    return f"{student}<-{teacher}"
+    student = max(1, round(8 * depth / 28))
+    teacher = min(depth, max(student + 2, round(16 * depth / 28)))
+    return f"{min(student, teacher - 1)}<-{teacher}"
 
 
 def missing_members(obj: object) -> list[str]:

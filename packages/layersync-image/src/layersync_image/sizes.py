@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from typing import NamedTuple
 
-from layersync.plugin import LayerSyncDefaults
+from layersync.plugin import LayerSyncDefaults, depth_ratio_pairs
 
 
 class SizeDefaults(NamedTuple):
@@ -32,10 +32,7 @@ def default_pair(arch: str, depth: int) -> LayerSyncDefaults:
     size = arch.removeprefix("SiT-").split("/")[0]
     if arch != "custom" and size in SIZES:
         return LayerSyncDefaults(SIZES[size].pairs, SIZES[size].weight)
-    student = max(1, round(depth * 8 / 28))
-    teacher = min(depth, max(student + 2, round(depth * 16 / 28)))
-    student = min(student, teacher - 1)  # very shallow models: 1<-2
-    return LayerSyncDefaults(f"{student}<-{teacher}", 0.2)
+    return LayerSyncDefaults(depth_ratio_pairs(depth), 0.2)
 
 
 # What the paper itself states (the rest of SIZES follows its heuristic).

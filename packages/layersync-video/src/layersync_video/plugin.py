@@ -22,7 +22,7 @@ from torch.utils.data import Dataset
 from layersync.config import ConfigError
 from layersync.fileio import atomic_write
 from layersync.flow import FlowObjective, build_transport
-from layersync.plugin import LayerSyncDefaults, MetricSpec, Modality
+from layersync.plugin import LayerSyncDefaults, MetricSpec, Modality, depth_ratio_pairs
 from layersync_video.config import PRESETS, VideoConfig
 from layersync_video.writers import merge_sample_parts, write_clips
 
@@ -176,9 +176,7 @@ def build_model(cfg: Any) -> nn.Module:
 
 def default_pair(depth: int) -> LayerSyncDefaults:
     """The XL ratio (8/28 <- 16/28) of the depth, λ 0.2 (XL: the paper's 8<-16)."""
-    student = max(1, round(depth * 8 / 28))
-    teacher = min(depth, max(student + 2, round(depth * 16 / 28)))
-    return LayerSyncDefaults(f"{min(student, teacher - 1)}<-{teacher}", 0.2)
+    return LayerSyncDefaults(depth_ratio_pairs(depth), 0.2)
 
 
 # --------------------------------------------------------------------------------------------
