@@ -18,7 +18,8 @@ import sys
 from collections import defaultdict
 from pathlib import Path
 
-from layersync.paired import arm_band, estimate, paired_curve, paired_summary
+from layersync.convergence import mean_curve
+from layersync.paired import arm_band, paired_curve, paired_summary
 
 
 def read_curves(paths: list[Path]) -> dict[str, dict[str, list[tuple[int, float]]]]:
@@ -42,12 +43,8 @@ def _pct(e) -> str:
 def plot(curves: dict[str, dict[str, list[tuple[int, float]]]], out: Path) -> None:
     from layersync.plots import plot_convergence
 
-    means, bands = {}, {}
-    for arm, seeds in curves.items():
-        tables = [dict(c) for c in seeds.values()]
-        steps = sorted(set.intersection(*(set(t) for t in tables)))
-        means[arm] = [(s, estimate([t[s] for t in tables]).mean) for s in steps]
-        bands[arm] = arm_band(seeds)
+    means = {arm: mean_curve(list(seeds.values())) for arm, seeds in curves.items()}
+    bands = {arm: arm_band(seeds) for arm, seeds in curves.items()}
     print(f"wrote {plot_convergence(curves, out, 'val_loss', means, True, bands)}")
 
 
