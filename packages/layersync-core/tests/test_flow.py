@@ -147,6 +147,24 @@ def test_sample_time_respects_train_interval():
     assert t.min() < 1e-3 and t.max() > 1 - 1e-3
 
 
+def test_logit_normal_time_has_the_logit_normal_law():
+    """sigmoid(N(m, s)): logit(t) must be N(m, s) (KS test) and the median sigmoid(m)."""
+    from scipy import stats
+
+    g = torch.Generator().manual_seed(0)
+    tr = Transport("linear", time_dist="logit-normal", time_mean=-0.8, time_std=0.8)
+    t = tr.sample_time(20000, generator=g).double()
+    assert t.min() > 0 and t.max() < 1
+    logit = torch.log(t / (1 - t)).numpy()
+    assert stats.kstest(logit, "norm", args=(-0.8, 0.8)).pvalue > 0.01
+    assert t.median().item() == pytest.approx(1 / (1 + math.exp(0.8)), abs=0.01)
+    # scaled into a narrower training interval, as uniform times are
+    t = Transport("linear", "noise", time_dist="logit-normal").sample_time(2000, generator=g)
+    assert t.min() >= 1e-3 and t.max() <= 1 - 1e-3
+    with pytest.raises(ValueError, match="time_dist"):
+        Transport("linear", time_dist="beta")
+
+
 def test_velocity_loss_is_hand_mse_and_reproducible():
     g = torch.Generator().manual_seed(1)
     x1 = torch.randn(6, 4, 5, 5, generator=g)

@@ -215,3 +215,15 @@ def test_sampler_captions_drive_the_sample_grids():
     assert len(set(drawn["caption"])) > 1 and drawn["length"].max() <= 64
     with pytest.raises(ConfigError, match=r"sampler\.seconds = 4\.0: 80 frames at 20\.0 fps"):
         resolve(plugin, overrides=[*TINY, "sampler.seconds=4"])
+
+
+@pytest.mark.parametrize(("depth", "pair"), [(4, "1<-3"), (8, "2<-5"), (12, "3<-7"), (28, "8<-16")])
+def test_default_pair_is_cores_depth_ratio_rule(depth, pair):
+    """The paper gives no motion pair: the default is core's rule, so the run plan labels it
+    'derived by the depth-ratio rule' (a rule of its own gave 3<-8 at 12 and 7<-18 at 28)."""
+    from types import SimpleNamespace
+
+    from layersync_motion.plugin import plugin
+
+    cfg = SimpleNamespace(model=SimpleNamespace(num_layers=depth))
+    assert plugin.default_layersync(cfg).pairs == pair

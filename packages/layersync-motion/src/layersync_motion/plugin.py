@@ -25,7 +25,7 @@ from layersync.diffusion import (
     ddpm_sample,
     step_model,
 )
-from layersync.plugin import LayerSyncDefaults, MetricSpec, Modality
+from layersync.plugin import LayerSyncDefaults, MetricSpec, Modality, depth_ratio_pairs
 from layersync.taps import TokenView, sequence_first
 
 from .config import PRESETS, MotionConfig, frames_for
@@ -251,11 +251,9 @@ class MotionModality(Modality):
         return sequence_first(drop_first=1)  # (T+1, B, D) -> (B, T, D) without the cond token
 
     def default_layersync(self, cfg: Any) -> LayerSyncDefaults:
-        """No pair/λ in the paper for motion: the XL depth ratio (8<-16 of 28 -> 2<-5 of 8), λ 0.2."""
-        depth = cfg.model.num_layers
-        student = max(1, int(depth / 4 + 0.5))
-        teacher = min(depth, max(student + 1, int(depth * 5 / 8 + 0.5)))
-        return LayerSyncDefaults(pairs=f"{student}<-{teacher}", weight=0.2)
+        """No pair/λ in the paper for motion: core's XL depth ratio (8<-16 of 28 -> 2<-5 of 8),
+        λ 0.2."""
+        return LayerSyncDefaults(pairs=depth_ratio_pairs(cfg.model.num_layers), weight=0.2)
 
     def build_objective(self, cfg: Any) -> DiffusionObjective:
         return build_objective(cfg)

@@ -214,28 +214,39 @@ def sample_clips(
 # --------------------------------------------------------------------------------------------
 
 FVD_SPEC = MetricSpec(higher_is_better=False, primary=True)
+DIGIT_SPEC = MetricSpec(higher_is_better=True)
 
 
-def evaluate_fvd(plugin: VideoModality, model, cfg, out_dir: Path, generator) -> dict[str, float]:
-    """``{"fvd{n}_16f": value}``: ``metric.num_samples`` generated clips against as many real
-    eval clips (reference statistics cached by ``cached_stats``); the counts and protocol go to
-    ``out_dir/fvd.json``."""
+def scores_digits(cfg: Any) -> bool:
+    """``digit_accuracy`` is reported for class-conditional runs on the embedded digits."""
+    return cfg.data.source == "digits" and is_conditional(cfg)
+
+
+def fvd_features(cfg: Any, device: torch.device):
+    """The I3D feature extractor, or None when ``metric.fvd`` is off (or auto without weights:
+    one warning)."""
     from layersync.assets import AssetError
-    from layersync.metrics import cached_stats
     from layersync_video import fvd
     from layersync_video.i3d import load_i3d
 
-    mc, n = cfg.metric, cfg.metric.num_samples
+    mc = cfg.metric
     if mc.fvd == "off":
-        return {}
-    device = next(model.parameters()).device
+        return None
     try:
-        features = fvd.I3DFeatures(load_i3d(mc.i3d, device=device), mc.batch_size)
+        return fvd.I3DFeatures(load_i3d(mc.i3d, device=device), mc.batch_size)
     except AssetError as e:
         if mc.fvd == "on" or mc.i3d is not None:
             raise
         warnings.warn(f"FVD skipped: {e}", stacklevel=2)
-        return {}
+        return None
+
+
+def reference_stats(cfg: Any, features, n: int):
+    """(cached statistics of ``n`` real eval clips, their cache key)."""
+    from layersync.metrics import cached_stats
+    from layersync_video import fvd
+
+    mc = cfg.metric
     if cfg.data.source == "latents":  # the videos the cache was encoded from, not the latents
         from layersync_video.latent_run import latent_reference
 
@@ -257,17 +268,39 @@ def evaluate_fvd(plugin: VideoModality, model, cfg, out_dir: Path, generator) ->
         from layersync_video.latent_run import encoded_from
 
         key["encoded_from"] = encoded_from(cfg)
-    ref = cached_stats(
+    stats = cached_stats(
         key, lambda: fvd.clip_stats(fvd.dataset_batches(real, n_real, mc.batch_size), features)
     )
+    return stats, key
+
+
+def evaluate_clips(plugin: VideoModality, model, cfg, out_dir: Path, generator) -> dict[str, float]:
+    """On ``metric.num_samples`` generated clips: ``{"fvd{n}_16f": ...}`` against as many real
+    eval clips (reference statistics cached by ``cached_stats``; counts and protocol in
+    ``out_dir/fvd.json``), and ``digit_accuracy`` on the embedded digits (class models)."""
+    from layersync_video import fvd
+
+    n = cfg.metric.num_samples
+    features = fvd_features(cfg, next(model.parameters()).device)
+    if features is None and not scores_digits(cfg):
+        return {}
+    if features is not None:
+        ref, key = reference_stats(cfg, features, n)
     labels = plugin.conditions(cfg, n, generator)
     clips = sample_clips(model, cfg, labels, n, generator)
     write_clips(clips[: cfg.log.sample_count], out_dir, cfg, prefix="fvd-samples")
-    gen = fvd.clip_stats([fvd.to_uint8(clips)], features)
-    name = fvd.metric_name(n)
-    info = {"metric": name, "generated": n, "reference": n_real, **key}
-    atomic_write(out_dir / "fvd.json", json.dumps(info, indent=2) + "\n")
-    return {name: gen.frechet_distance(ref)}
+    results: dict[str, float] = {}
+    if scores_digits(cfg):
+        from layersync_video.digit_accuracy import digit_accuracy
+
+        results["digit_accuracy"] = digit_accuracy(clips, labels)
+    if features is not None:
+        gen = fvd.clip_stats([fvd.to_uint8(clips)], features)
+        name = fvd.metric_name(n)
+        info = {"metric": name, "generated": n, "reference": key["n"], **key}
+        atomic_write(out_dir / "fvd.json", json.dumps(info, indent=2) + "\n")
+        results[name] = gen.frechet_distance(ref)
+    return results
 
 
 # --------------------------------------------------------------------------------------------
@@ -283,10 +316,12 @@ class VideoModality(Modality):
     metrics = {"fvd64_16f": FVD_SPEC}  # the demo preset's n
 
     def metrics_for(self, cfg: Any) -> dict[str, MetricSpec]:
-        """``fvd{n}_16f`` with n = ``metric.num_samples`` (FVD values compare only at equal n)."""
+        """``fvd{n}_16f`` with n = ``metric.num_samples`` (FVD values compare only at equal n),
+        and ``digit_accuracy`` on the embedded digits."""
         from layersync_video.fvd import metric_name
 
-        return {metric_name(cfg.metric.num_samples): FVD_SPEC}
+        specs = {metric_name(cfg.metric.num_samples): FVD_SPEC}
+        return specs | ({"digit_accuracy": DIGIT_SPEC} if scores_digits(cfg) else {})
 
     def build_dataset(self, cfg: Any, split: str) -> Dataset:
         return build_dataset(cfg, split)
@@ -323,7 +358,7 @@ class VideoModality(Modality):
         return merge_sample_parts(parts, out_dir, cfg)
 
     def evaluate(self, model, cfg, out_dir: Path, generator: torch.Generator) -> dict[str, float]:
-        return evaluate_fvd(self, model, cfg, out_dir, generator)
+        return evaluate_clips(self, model, cfg, out_dir, generator)
 
     def commands(self) -> Any:
         """``layersync video encode`` (frame-wise VAE latents)."""

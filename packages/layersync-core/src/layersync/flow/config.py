@@ -27,6 +27,13 @@ class TransportConfig(Section):
     loss_weight: Literal["velocity", "likelihood"] | None = None
     train_eps: float | None = None
     sample_eps: float | None = None
+    time_dist: Literal["uniform", "logit-normal"] = Field(
+        "uniform",
+        description="training times: uniform (SiT) or logit-normal (SD3, JiT: sigmoid of "
+        "N(time_mean, time_std); a negative mean trains more near noise)",
+    )
+    time_mean: float = 0.0
+    time_std: float = Field(1.0, gt=0)
 
 
 class SamplerConfig(Section):
@@ -48,7 +55,16 @@ class SamplerConfig(Section):
 
 
 def build_transport(tc: TransportConfig) -> Transport:
-    return Transport(tc.path, tc.prediction, tc.loss_weight, tc.train_eps, tc.sample_eps)
+    return Transport(
+        tc.path,
+        tc.prediction,
+        tc.loss_weight,
+        tc.train_eps,
+        tc.sample_eps,
+        time_dist=tc.time_dist,
+        time_mean=tc.time_mean,
+        time_std=tc.time_std,
+    )
 
 
 def run_sampler(

@@ -28,6 +28,7 @@ PREDICTIONS = ("velocity", "noise", "score", "data")
 DATA_SIGMA_MIN = 0.05
 """Data prediction divides by sigma_t; below this it is clamped (JiT's ``t_eps`` on 1 - t)."""
 LOSS_WEIGHTS = (None, "velocity", "likelihood")
+TIME_DISTS = ("uniform", "logit-normal")
 DIFFUSION_FORMS = (
     "constant",
     "SBDM",
@@ -190,11 +191,19 @@ class Transport:
         loss_weight: str | None = None,
         train_eps: float | None = None,
         sample_eps: float | None = None,
+        time_dist: str = "uniform",
+        time_mean: float = 0.0,
+        time_std: float = 1.0,
     ) -> None:
         if prediction not in PREDICTIONS:
             raise ValueError(f"unknown prediction {prediction!r}; choose one of {PREDICTIONS}")
         if loss_weight not in LOSS_WEIGHTS:
             raise ValueError(f"unknown loss_weight {loss_weight!r}; choose one of {LOSS_WEIGHTS}")
+        if time_dist not in TIME_DISTS:
+            raise ValueError(f"unknown time_dist {time_dist!r}; choose one of {TIME_DISTS}")
+        if time_std <= 0:
+            raise ValueError(f"time_std must be > 0, got {time_std}")
+        self.time_dist, self.time_mean, self.time_std = time_dist, float(time_mean), float(time_std)
         self.path_name = path.lower()
         self.path = make_path(path)
         self.prediction = prediction
@@ -217,7 +226,7 @@ class Transport:
         return (
             f"Transport(path={self.path_name!r}, prediction={self.prediction!r}, "
             f"loss_weight={self.loss_weight!r}, train_eps={self.train_eps}, "
-            f"sample_eps={self.sample_eps})"
+            f"sample_eps={self.sample_eps}, time_dist={self.time_dist!r})"
         )
 
     # ---- time intervals (SiT check_interval) --------------------------------
@@ -261,9 +270,14 @@ class Transport:
         generator: torch.Generator | None = None,
         dtype: torch.dtype = torch.float32,
     ) -> Tensor:
-        """(B,) times uniform in the training interval."""
+        """(B,) training times in the training interval: uniform (SiT), or logit-normal
+        (SD3, JiT): sigmoid(N(time_mean, time_std)), a negative mean favouring noise (t = 0)."""
         t0, t1 = self.train_interval()
-        u = torch.rand(batch_size, device=device, generator=generator, dtype=dtype)
+        if self.time_dist == "uniform":
+            u = torch.rand(batch_size, device=device, generator=generator, dtype=dtype)
+        else:
+            n = torch.randn(batch_size, device=device, generator=generator, dtype=dtype)
+            u = torch.sigmoid(n * self.time_std + self.time_mean)
         return u * (t1 - t0) + t0
 
     def interpolate(self, x1: Tensor, t: Tensor, x0: Tensor) -> tuple[Tensor, Tensor]:
