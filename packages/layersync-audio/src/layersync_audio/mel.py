@@ -2,7 +2,9 @@
 
 encode: torchaudio ``MelSpectrogram`` (power 2, centred frames; the last centred frame is
 dropped so ``frames = samples // hop``), ``log(max(mel, floor))``, then per-bin standardisation
-with the mean/std of the training split. decode: the inverse standardisation, ``exp``, an
+with the mean/std of the training split. decode: the inverse standardisation, clamped to the
+range the encoder can produce (the floor below; above, each bin's largest value in the training
+split: a sampler overshoots, and out-of-range bins clip the waveform), ``exp``, an
 inverse mel scale back to a linear power spectrogram, and torchaudio's Griffin-Lim.
 
 The inverse mel scale is a non-negative one: multiplicative (KL-NMF with the mel filterbank as
@@ -14,6 +16,7 @@ clipped to 0, which re-projects to mel bands ~0.6 nats off on the loud bins of p
 
 from __future__ import annotations
 
+import math
 from collections.abc import Iterable
 
 import torch
@@ -47,6 +50,7 @@ class LogMel(nn.Module):
         self.register_buffer("window", torch.hann_window(n_fft), persistent=False)
         self.register_buffer("mean", torch.zeros(n_mels))
         self.register_buffer("std", torch.ones(n_mels))
+        self.register_buffer("peak", torch.full((n_mels,), float("inf")))  # per-bin max (fit)
 
     # -- statistics -------------------------------------------------------------------------
     def log_mel(self, wave: torch.Tensor) -> torch.Tensor:
@@ -56,11 +60,15 @@ class LogMel(nn.Module):
 
     @torch.no_grad()
     def fit(self, waves: Iterable[torch.Tensor]) -> LogMel:
-        """Set the per-bin mean/std from batches of waveforms (float64 sums over all frames)."""
-        total, sq, count = torch.zeros(self.n_mels, dtype=torch.float64), None, 0
+        """Set the per-bin mean/std (float64 sums over all frames) and maximum from batches of
+        waveforms."""
+        total, count = torch.zeros(self.n_mels, dtype=torch.float64), 0
         sq = torch.zeros_like(total)
+        peak = torch.full((self.n_mels,), float("-inf"))
         for wave in waves:
-            x = self.log_mel(wave.reshape(-1, wave.shape[-1])).double()
+            x = self.log_mel(wave.reshape(-1, wave.shape[-1]))
+            peak = torch.maximum(peak, x.amax((0, 2)))
+            x = x.double()
             total += x.sum((0, 2))
             sq += x.pow(2).sum((0, 2))
             count += x.shape[0] * x.shape[2]
@@ -70,6 +78,7 @@ class LogMel(nn.Module):
         std = (sq / count - mean.pow(2)).clamp_min(1e-8).sqrt()
         self.mean.copy_(mean.float())
         self.std.copy_(std.float())
+        self.peak.copy_(peak)
         return self
 
     def inverse_mel(self, power: torch.Tensor, iters: int = 50) -> torch.Tensor:
@@ -89,12 +98,14 @@ class LogMel(nn.Module):
 
     @torch.no_grad()
     def decode(self, x: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
-        """Standardised log-mel ``(B, n_mels, F)`` -> waveforms ``(B, F * hop)`` in [-1, 1].
+        """Standardised log-mel ``(B, n_mels, F)`` -> waveforms ``(B, F * hop)`` in [-1, 1];
+        values outside the encoder's range are clamped into it first.
 
         Griffin-Lim starts from random phases: with ``generator`` the result is reproducible."""
         import torchaudio
 
-        power = (x.float() * self.std[:, None] + self.mean[:, None]).exp()
+        log = (x.float() * self.std[:, None] + self.mean[:, None]).clamp_min(math.log(self.floor))
+        power = torch.minimum(log, self.peak[:, None]).exp()
         power = torch.cat([power, power[..., -1:]], -1)  # the dropped last centred frame
         linear = self.inverse_mel(power)
         with torch.random.fork_rng(devices=[]):  # griffinlim draws its phases from the global RNG
