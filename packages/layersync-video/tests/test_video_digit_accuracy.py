@@ -6,7 +6,12 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from layersync_video.digit_accuracy import DigitClassifier, centred_windows, digit_accuracy
+from layersync_video.digit_accuracy import (
+    DigitClassifier,
+    centred_windows,
+    digit_accuracy,
+    digit_classifier,
+)
 from layersync_video.digits import MovingDigits
 
 
@@ -25,6 +30,8 @@ def test_real_eval_clips_score_high_and_wrong_labels_low():
     # a blank clip is one class for every label: 1 in 10 at most
     blank = -torch.ones(10, 1, 16, 16, 16)
     assert digit_accuracy(blank, torch.arange(10)) == 0.1
+    # fitted once per process: every evaluation of a run reuses it
+    assert digit_classifier() is digit_classifier()
 
 
 def test_windows_do_not_depend_on_the_position():

@@ -9,6 +9,8 @@ shows recognisable digits", next to FVD, which I3D computes from Kinetics featur
 
 from __future__ import annotations
 
+import functools
+
 import numpy as np
 import torch
 
@@ -47,7 +49,14 @@ class DigitClassifier:
         return logp.reshape(n, t, -1).mean(1).argmax(1)
 
 
+@functools.cache
+def digit_classifier() -> DigitClassifier:
+    """The classifier, fitted once per process (about a second on CPU) and shared by every
+    evaluation of a run."""
+    return DigitClassifier()
+
+
 def digit_accuracy(clips: torch.Tensor, labels: torch.Tensor) -> float:
     """Fraction of clips (N, 1, T, H, W) in [-1, 1] classified as their conditioning digit."""
-    pred = DigitClassifier().predict_clips(clips)
+    pred = digit_classifier().predict_clips(clips)
     return float((pred == labels.cpu().numpy()).mean())
