@@ -32,6 +32,7 @@ N, T, H, W = 4, 34, 20, 24  # videos of the npz fixture; encoded at --size 16 --
 LABELS = [0, 1, 2, 0]
 SMALL = (
     "model.depth=2",
+    "layersync.pairs=1<-2",  # the demo preset's 2<-3 needs 3 blocks
     "model.hidden_size=32",
     "model.num_heads=2",
     "model.patch_size=[2,2,2]",

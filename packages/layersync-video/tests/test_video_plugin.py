@@ -82,6 +82,12 @@ def test_default_pairs_follow_the_xl_ratio():
     assert plugin.default_layersync(resolve(preset="sit-xl-clevrer")).pairs == "8<-16"
 
 
+def test_demo_preset_sets_its_measured_pair():
+    # the demo overrides the depth-ratio pair (2<-4) with 2<-3, measured in the README
+    ls = resolve().layersync
+    assert (ls.pairs, ls.weight) == ("2<-3", 0.2)
+
+
 def test_metrics_declare_fvd_lower_is_better():
     spec = plugin.metrics["fvd64_16f"]
     assert not spec.higher_is_better and spec.primary
@@ -196,7 +202,7 @@ def test_short_run_trains_samples_and_reports_fvd(tmp_path):
     assert len(list((tmp_path / "cache" / "stats").glob("*.npz"))) == 1  # cached reference
     lines = [json.loads(x) for x in (run_dir / "metrics.jsonl").read_text().splitlines()]
     train = [x for x in lines if x["kind"] == "train"]
-    assert [x["step"] for x in train] == [2, 4] and all("cos/1<-3" in x for x in train)
+    assert [x["step"] for x in train] == [2, 4] and all("cos/2<-3" in x for x in train)
 
 
 def test_fvd_auto_without_i3d_is_skipped_with_a_warning(tmp_path, monkeypatch):
