@@ -82,10 +82,12 @@ def test_default_pairs_follow_the_xl_ratio():
     assert plugin.default_layersync(resolve(preset="sit-xl-clevrer")).pairs == "8<-16"
 
 
-def test_demo_preset_sets_its_measured_pair():
-    # the demo overrides the depth-ratio pair (2<-4) with 2<-3, measured in the README
-    ls = resolve().layersync
-    assert (ls.pairs, ls.weight) == ("2<-3", 0.2)
+def test_demo_preset_sets_its_measured_settings():
+    # the demo's derived settings, measured in the README: pair 2<-3 (not the depth-ratio 2<-4),
+    # lr 2e-3 and CFG 7
+    cfg = resolve()
+    assert (cfg.layersync.pairs, cfg.layersync.weight) == ("2<-3", 0.2)
+    assert (cfg.train.lr, cfg.sampler.cfg_scale) == (2e-3, 7.0)
 
 
 def test_metrics_declare_fvd_lower_is_better():
