@@ -66,6 +66,16 @@ def test_conformance_suite(plugin, tmp_path):
     assert set(report.passed) == set(testing.CHECKS)
 
 
+def test_demo_preset_sets_its_measured_settings(plugin):
+    # the demo's derived settings, measured in the README: 6 x 256 (the output layer reaches all
+    # 256 values of a patch-4 token), 1400 steps of batch 16 (413 s); pair and λ left to the
+    # core's defaults (the depth-ratio pair, 0.2)
+    cfg = resolve(plugin, preset="demo")
+    assert (cfg.model.depth, cfg.model.hidden_size, cfg.model.patch_size) == (6, 256, 4)
+    assert (cfg.train.steps, cfg.train.batch_size) == (1400, 16)
+    assert (cfg.layersync.pairs, cfg.layersync.weight) == (None, None)
+
+
 def test_demo_shapes_objective_and_loss_at(plugin):
     cfg = resolve(plugin, preset="demo", overrides=TINY)
     ds = plugin.build_dataset(cfg, "train")
