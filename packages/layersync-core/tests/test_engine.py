@@ -212,6 +212,28 @@ def test_cli_eval_reproduces_the_training_metric(
     assert again == pytest.approx(during_training, rel=1e-6)
 
 
+def test_cli_eval_keeps_an_earlier_result_it_does_not_reproduce(
+    layersync_cli: Callable, cli_run: tuple[str, Path], toy_plugins: Path
+) -> None:
+    # a re-evaluation under other settings (e.g. metric.fvd=off) must not erase what training
+    # measured: the earlier file moves to metrics.1.json; an identical re-run moves nothing
+    _, run = cli_run
+    path = run / "eval" / "0000006" / "metrics.json"
+    earlier = {**json.loads(path.read_text()), "only_in_training": 1.5}
+    path.write_text(json.dumps(earlier))
+    done = layersync_cli("eval", str(run))
+    assert done.exit_code == 0, done.output
+    kept = path.with_name("metrics.1.json")
+    assert json.loads(kept.read_text()) == earlier
+    assert "only_in_training" not in json.loads(path.read_text())
+    again = layersync_cli("eval", str(run))
+    assert again.exit_code == 0, again.output
+    assert sorted(p.name for p in path.parent.glob("metrics*.json")) == [
+        "metrics.1.json",
+        "metrics.json",
+    ]
+
+
 def test_cli_dry_run_prints_the_plan_and_writes_nothing(
     layersync_cli: Callable, toy_plugins: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:

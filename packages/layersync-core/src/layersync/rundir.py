@@ -8,13 +8,15 @@ runs/<name>/
   checkpoints/<step>/  model/ema safetensors, train_state.pt, rng.pt; `last` names the newest
   samples/             periodic EMA grids (<step>.png ...) and `layersync sample` outputs
   eval/<step>/         metrics.json, backends.json (matmul precision, determinism) and what
-                       the plugin's metric writes
+                       the plugin's metric writes; metrics.<k>.json: earlier results that a
+                       later `layersync eval` under other settings did not reproduce
   probe/               `layersync probe` reports
 """
 
 from __future__ import annotations
 
 import json
+import math
 import shutil
 from pathlib import Path
 from typing import Any
@@ -89,3 +91,30 @@ def write_config(run_dir: Path, cfg: Any) -> Path:
 def write_json(path: Path, data: Any) -> Path:
     """Pretty JSON, written atomically (env.json, eval metrics.json, reports)."""
     return atomic_write(path, json.dumps(data, indent=2) + "\n")
+
+
+def _same(a: Any, b: Any) -> bool:
+    numbers = (int, float)
+    if isinstance(a, numbers) and isinstance(b, numbers):
+        return math.isclose(a, b, rel_tol=1e-6)
+    return a == b
+
+
+def set_aside(path: Path, new: dict[str, Any]) -> Path | None:
+    """Before ``path`` (a metrics.json) is rewritten with ``new``: move a previous file that holds
+    other keys or other values (relative 1e-6) to ``<stem>.<k>.json``, the first free ``k``, so
+    an evaluation under other settings keeps the earlier result. Returns where it went."""
+    if not path.is_file():
+        return None
+    try:
+        old = json.loads(path.read_text())
+    except (OSError, ValueError):
+        old = None
+    same_keys = isinstance(old, dict) and old.keys() == new.keys()
+    if same_keys and all(_same(old[k], new[k]) for k in new):
+        return None
+    k = 1
+    while (kept := path.with_name(f"{path.stem}.{k}{path.suffix}")).exists():
+        k += 1
+    path.rename(kept)
+    return kept

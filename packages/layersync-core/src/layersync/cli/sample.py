@@ -82,7 +82,8 @@ def evaluate(
     """Compute the modality's metric(s) (EMA weights of a run, or external --weights).
 
     Under torchrun every process joins the group and the plugin splits the work by rank (as in
-    training's own evaluation); rank 0 writes metrics.json and prints the table.
+    training's own evaluation); rank 0 writes metrics.json and prints the table. An earlier
+    metrics.json with other keys or values is kept as metrics.<k>.json.
     """
     import torch
 
@@ -119,6 +120,9 @@ def evaluate(
         fail(f"modality {plugin.name!r} computed no metric (is its metric switched off?)")
     if not info.is_main:
         return
+    kept = rundir.set_aside(out_dir / "metrics.json", metrics)
+    if kept is not None:
+        console.print(f"kept the earlier metrics.json (other values) as {kept}")
     rundir.write_json(out_dir / "metrics.json", metrics)
     rundir.write_json(out_dir / rundir.BACKENDS, backends_record())
     name, higher = metric_direction(plugin, list(metrics), metric, cfg=cfg)
